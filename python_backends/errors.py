@@ -1,0 +1,13 @@
+"""The one error type our models raise for bad client input.
+
+Its message always names the input, what was wrong and what is allowed, so a Triton client
+can fix its request without reading server logs.
+"""
+
+
+class InvalidInput(ValueError):
+    def __init__(self, input_name: str, problem: str, allowed: str):
+        self.input_name = input_name
+        self.problem = problem
+        self.allowed = allowed
+        super().__init__(f"input '{input_name}': {problem}; allowed: {allowed}")
