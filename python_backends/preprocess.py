@@ -1,0 +1,68 @@
+"""Prompt audio → the 16 kHz, peak-normalised, silence-trimmed signal both tokenizers read.
+
+Order as in Step-Audio `preprocess_wav`: resample, peak-normalise, trim. Extended beyond the
+original: interleaved multi-channel input is mixed down, and rates from 8 kHz up are accepted
+(the original asserts rate > 16 kHz). Every rejection names the input and the rule.
+"""
+from __future__ import annotations
+
+import math
+
+import librosa
+import numpy as np
+
+from .errors import InvalidInput
+from .resample import resample
+from .settings import ALGORITHM as A, TokenizerSettings
+
+
+def validate(waveform: np.ndarray, sample_rate: int, channels: int,
+             settings: TokenizerSettings) -> None:
+    if not settings.min_sample_rate <= sample_rate <= settings.max_sample_rate:
+        raise InvalidInput("sample_rate", f"got {sample_rate} Hz",
+                           f"an integer from {settings.min_sample_rate} to {settings.max_sample_rate} Hz")
+    if channels < 1:
+        raise InvalidInput("channels", f"got {channels}", "an integer >= 1")
+    if waveform.ndim != 1:
+        raise InvalidInput("waveform", f"has rank {waveform.ndim}", "a 1-D float32 array of samples")
+    if waveform.size == 0:
+        raise InvalidInput("waveform", "is empty", "at least one sample")
+    if waveform.size % channels:
+        raise InvalidInput("waveform", f"holds {waveform.size} samples, not a multiple of {channels} channels",
+                           "interleaved frames of `channels` samples")
+    seconds = waveform.size / channels / sample_rate
+    if seconds > settings.max_audio_seconds:
+        raise InvalidInput("waveform", f"lasts {seconds:.2f} s",
+                           f"at most {settings.max_audio_seconds:g} s of audio")
+    if not np.isfinite(waveform).all():
+        raise InvalidInput("waveform", "contains NaN or Inf", "finite float32 samples")
+
+
+def peak_normalise(audio: np.ndarray) -> np.ndarray:
+    peak = max(float(np.abs(audio).max()), A.peak_floor)
+    return (audio / np.float32(peak) * np.float32(A.peak_target)).astype(np.float32)
+
+
+def trim_silence(audio: np.ndarray) -> np.ndarray:
+    """librosa trim (top_db 20), then 0.05 s left context and whole 15 ms units + 0.27 s."""
+    _, (start, end) = librosa.effects.trim(audio, top_db=A.trim_top_db,
+                                           frame_length=A.trim_frame_length,
+                                           hop_length=A.trim_hop_length)
+    length = math.ceil((end - start) / A.trim_unit) * A.trim_unit + A.trim_right_extra
+    begin = start - A.trim_left_context
+    out = np.zeros(length, np.float32)
+    left_pad = max(0, -begin)
+    piece = audio[max(0, begin):max(0, begin) + length - left_pad]
+    out[left_pad:left_pad + len(piece)] = piece
+    return out
+
+
+def preprocess(waveform: np.ndarray, sample_rate: int, settings: TokenizerSettings,
+               channels: int = 1) -> np.ndarray:
+    """Interleaved float32 samples at `sample_rate` → float32 16 kHz mono, normalised, trimmed."""
+    validate(waveform, sample_rate, channels, settings)
+    audio = waveform.astype(np.float32, copy=False)
+    if channels > 1:
+        audio = audio.reshape(-1, channels).mean(axis=1, dtype=np.float32)
+    audio = resample(audio, sample_rate, A.sample_rate)
+    return trim_silence(peak_normalise(audio))

@@ -1,0 +1,75 @@
+"""Fast vq06: 30 s pieces → Whisper log-mel → speech_tokenizer_v1.onnx, all pieces of all
+requests in one padded onnxruntime run (the model masks padding by `feats_length`).
+
+`padded_batching=False` batches only pieces of identical length, which is exact for any
+model file, including one that would not mask padding.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnxruntime as ort
+
+from .settings import ALGORITHM as A
+from .whisper_mel import log_mel
+
+
+def split_pieces(audio: np.ndarray) -> list[np.ndarray]:
+    """Original rule: 30 s pieces; a piece shorter than 480 samples (only the last) is dropped."""
+    step = A.vq06_piece_samples
+    pieces = [audio[i:i + step] for i in range(0, len(audio), step)]
+    return [p for p in pieces if len(p) >= A.vq06_min_piece_samples]
+
+
+def tokens_for_frames(frames: int) -> int:
+    """Output length of the two stride-2, kernel-3, pad-1 convolutions."""
+    for _ in range(2):
+        frames = (frames - 1) // 2 + 1
+    return frames
+
+
+def onnx_session(path: str, device: str = "cpu", num_threads: int = 0) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if num_threads:
+        opts.intra_op_num_threads = num_threads
+    if device.startswith("cuda"):
+        index = device.split(":")[1] if ":" in device else "0"
+        providers = [("CUDAExecutionProvider", {"device_id": int(index)}), "CPUExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), opts, providers=providers)
+
+
+class Vq06Tokenizer:
+    def __init__(self, onnx_path: str, device: str = "cpu", num_threads: int = 0,
+                 padded_batching: bool = True):
+        self.session = onnx_session(onnx_path, device, num_threads)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.padded_batching = padded_batching
+
+    def _run(self, mels: list) -> list[np.ndarray]:
+        frames = [m.shape[1] for m in mels]
+        batch = np.zeros((len(mels), A.vq06_n_mels, max(frames)), np.float32)
+        for i, m in enumerate(mels):
+            batch[i, :, :m.shape[1]] = m.numpy()
+        out = self.session.run(None, {self.inputs[0]: batch,
+                                      self.inputs[1]: np.asarray(frames, np.int32)})[0]
+        out = out.reshape(len(mels), -1)
+        return [out[i, :tokens_for_frames(f)].astype(np.int32) for i, f in enumerate(frames)]
+
+    def __call__(self, audios: list[np.ndarray]) -> list[np.ndarray]:
+        """16 kHz float32 utterances → vq06 codes int32 (25 Hz), one array per utterance."""
+        pieces = [(u, log_mel(p, A.vq06_n_mels)) for u, a in enumerate(audios) for p in split_pieces(a)]
+        groups: dict[int, list[int]] = defaultdict(list)
+        for k, (_, mel) in enumerate(pieces):
+            groups[0 if self.padded_batching else mel.shape[1]].append(k)
+        codes: list = [None] * len(pieces)
+        for members in groups.values():
+            for k, c in zip(members, self._run([pieces[k][1] for k in members])):
+                codes[k] = c
+        per_utt: list[list[np.ndarray]] = [[] for _ in audios]
+        for (u, _), c in zip(pieces, codes):
+            per_utt[u].append(c)
+        return [np.concatenate(c) if c else np.zeros(0, np.int32) for c in per_utt]
