@@ -1,0 +1,280 @@
+"""Start `tritonserver` on a model repository and keep it running until SIGINT/SIGTERM.
+
+    python build_scripts/serve.py --repo REPO [--http-port 0] [--grpc-port 0] [--metrics-port 0]
+        [--address 0.0.0.0] [--log-file F] [--tritonserver PATH]
+
+Port 0 picks a free port. Once `/v2/health/ready` answers, one JSON line is printed:
+{"http_port": ..., "grpc_port": ..., "metrics_port": ..., "log_file": ...}. The server's own log
+goes to the log file (a temporary one unless --log-file); when startup fails its tail is shown.
+
+By default the CPU `tritonserver` 2.51 shipped in the `nvidia-pytriton` wheel is used. Its Python
+backend's stub embeds Python in isolated mode (PYTHONPATH is ignored) and finds its packages
+through the first `python3` on PATH, so the running virtualenv's `bin/` is put first on PATH and
+the libpython of that virtualenv's interpreter first on LD_LIBRARY_PATH. The model configs carry
+the project root for `python_backends` (see build_repository.py).
+
+As a library: `with TritonServer(repo) as server: ... server.grpc_url ...`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+_counter = itertools.count()
+
+
+class ServerStartError(RuntimeError):
+    """tritonserver did not become ready; the message ends with the tail of its log."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def pytriton_dist() -> Path:
+    """The `tritonserver` folder of the installed nvidia-pytriton wheel."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerStartError("the nvidia-pytriton package (which ships tritonserver) is not "
+                               "installed in this Python; run build_scripts/setup_env.sh")
+    return Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
+
+
+def _python_backend_dir(dist: Path, into: Path) -> Path:
+    """A backend directory whose python backend has the stub for this interpreter's version."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerStartError(f"nvidia-pytriton has no Python backend stub for Python {version}")
+    python = into / "python"
+    python.mkdir(parents=True)
+    for src in (dist / "backends" / "python").iterdir():
+        if src.is_file():
+            (python / src.name).symlink_to(src)
+    (python / stub.name).symlink_to(stub)
+    return into
+
+
+def server_environment(extra_libs: list[Path]) -> dict[str, str]:
+    env = dict(os.environ)
+    libs = [str(p) for p in extra_libs]
+    libpython = Path(sys.base_prefix) / "lib" / (
+        f"libpython{sys.version_info.major}.{sys.version_info.minor}.so.1.0")
+    if libpython.is_file():  # the stub then runs exactly the interpreter the virtualenv was made from
+        libs.insert(0, str(libpython.parent))
+    if env.get("LD_LIBRARY_PATH"):
+        libs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = ":".join(libs)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+def log_tail(path: Path | None, lines: int = 40) -> str:
+    if path is None or not path.is_file():
+        return "(no server log)"
+    text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    # drop the big option/model tables Triton prints, keep the messages
+    text = [line for line in text if not line.startswith(("+--", "|  ", "| Option", "| Model"))]
+    return "\n".join(text[-lines:])
+
+
+class TritonServer:
+    """One tritonserver process on `repo`; ports 0 are replaced by free ones at start()."""
+
+    def __init__(self, repo: str | Path, http_port: int = 0, grpc_port: int = 0,
+                 metrics_port: int = 0, address: str = "0.0.0.0", log_file: str | Path | None = None,
+                 tritonserver: str | Path | None = None, startup_timeout: float = 600.0,
+                 extra_args: tuple[str, ...] = ()):
+        self.repo = Path(repo).resolve()
+        self.requested_ports = (http_port, grpc_port, metrics_port)
+        self.address = address
+        self.log_file = Path(log_file).resolve() if log_file else None
+        self.tritonserver = Path(tritonserver) if tritonserver else None
+        self.startup_timeout = startup_timeout
+        self.extra_args = tuple(extra_args)
+        self.http_port = self.grpc_port = self.metrics_port = 0
+        self.process: subprocess.Popen | None = None
+        self._tmp: Path | None = None
+        self._own_log = False
+
+    # ----------------------------------------------------------------- addresses
+    @property
+    def http_url(self) -> str:
+        """host:port, as tritonclient.http expects it."""
+        return f"localhost:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"localhost:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://localhost:{self.metrics_port}/metrics"
+
+    def ports(self) -> dict:
+        return {"http_port": self.http_port, "grpc_port": self.grpc_port,
+                "metrics_port": self.metrics_port, "log_file": str(self.log_file)}
+
+    # ----------------------------------------------------------------- lifecycle
+    def _command(self, backends: Path | None) -> list[str]:
+        if self.tritonserver:
+            binary = str(self.tritonserver)
+        else:
+            binary = str(pytriton_dist() / "bin" / "tritonserver")
+        cmd = [binary, f"--model-repository={self.repo}",
+               f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
+               f"--metrics-port={self.metrics_port}",
+               f"--http-address={self.address}", f"--grpc-address={self.address}",
+               "--disable-auto-complete-config", "--exit-timeout-secs=10",
+               # unique shared-memory names, so several servers can run side by side
+               f"--backend-config=python,shm-region-prefix-name=tok{os.getpid()}_{next(_counter)}_"]
+        if backends is not None:
+            cmd.append(f"--backend-directory={backends}")
+        return cmd + list(self.extra_args)
+
+    def start(self) -> "TritonServer":
+        if self.process is not None:
+            raise RuntimeError("server already started")
+        if not (self.repo / "audio_tokenizer").is_dir() and not any(self.repo.glob("*/config.pbtxt")):
+            raise ServerStartError(f"{self.repo} holds no model configs; build it with "
+                                   "build_scripts/build_repository.py")
+        self._tmp = Path(tempfile.mkdtemp(prefix="tritonserver-"))
+        if self.log_file is None:
+            self.log_file = self._tmp / "tritonserver.log"
+            self._own_log = True
+        libs: list[Path] = []
+        backends = None
+        if self.tritonserver is None:
+            dist = pytriton_dist()
+            libs.append(dist.parents[1] / "nvidia_pytriton.libs")
+            backends = _python_backend_dir(dist, self._tmp / "backends")
+        env = server_environment(libs)
+        attempts = 3 if 0 in self.requested_ports else 1
+        for attempt in range(attempts):
+            self.http_port, self.grpc_port, self.metrics_port = (
+                p or free_port() for p in self.requested_ports)
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_file, "ab") as log:
+                self.process = subprocess.Popen(self._command(backends), stdout=log,
+                                                stderr=subprocess.STDOUT, env=env,
+                                                stdin=subprocess.DEVNULL, start_new_session=True)
+            try:
+                self._wait_ready()
+                return self
+            except ServerStartError as exc:
+                self._terminate()
+                in_use = "already in use" in log_tail(self.log_file, 200)
+                if attempt + 1 < attempts and in_use:
+                    continue
+                self._cleanup(keep_log=True)
+                raise exc
+
+    def _wait_ready(self) -> None:
+        url = f"http://127.0.0.1:{self.http_port}/v2/health/ready"
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                raise ServerStartError(f"tritonserver exited with code {code} during startup; "
+                                       f"log {self.log_file}:\n{log_tail(self.log_file)}")
+            with contextlib.suppress(urllib.error.URLError, ConnectionError, OSError):
+                with urllib.request.urlopen(url, timeout=2) as reply:
+                    if reply.status == 200:
+                        return
+            time.sleep(0.25)
+        raise ServerStartError(f"tritonserver not ready after {self.startup_timeout:.0f} s; "
+                               f"log {self.log_file}:\n{log_tail(self.log_file)}")
+
+    def _terminate(self, timeout: float = 30.0) -> int | None:
+        proc, self.process = self.process, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # graceful: unloads models, stops the stubs
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return proc.returncode
+
+    def _cleanup(self, keep_log: bool) -> None:
+        if self._tmp is None:
+            return
+        if keep_log and self._own_log:
+            shutil.rmtree(self._tmp / "backends", ignore_errors=True)
+        else:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        self._tmp = None
+
+    def stop(self) -> int | None:
+        """Stop the server (SIGINT, then SIGKILL after 30 s); returns its exit code."""
+        code = self._terminate()
+        self._cleanup(keep_log=bool(code))
+        return code
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repo", required=True, help="model repository (build_repository.py --out)")
+    parser.add_argument("--http-port", type=int, default=0)
+    parser.add_argument("--grpc-port", type=int, default=0)
+    parser.add_argument("--metrics-port", type=int, default=0)
+    parser.add_argument("--address", default="0.0.0.0", help="address the HTTP/gRPC servers bind")
+    parser.add_argument("--log-file", default=None, help="server log (default: a temporary file)")
+    parser.add_argument("--tritonserver", default=None,
+                        help="a tritonserver binary with its own backends (default: nvidia-pytriton's)")
+    parser.add_argument("--startup-timeout", type=float, default=600.0)
+    args = parser.parse_args(argv)
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    server = TritonServer(args.repo, args.http_port, args.grpc_port, args.metrics_port,
+                          address=args.address, log_file=args.log_file,
+                          tritonserver=args.tritonserver, startup_timeout=args.startup_timeout)
+    try:
+        server.start()
+    except ServerStartError as exc:
+        print(f"serve: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(server.ports()), flush=True)
+    while not stop.wait(0.5):
+        if not server.running():
+            print(f"serve: tritonserver exited unexpectedly; log {server.log_file}:\n"
+                  f"{log_tail(server.log_file)}", file=sys.stderr)
+            server.stop()
+            return 1
+    code = server.stop()
+    return 0 if code in (0, None) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

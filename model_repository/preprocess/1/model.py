@@ -1,0 +1,35 @@
+"""Triton model `preprocess`: any-rate, interleaved multi-channel float32 audio → the 16 kHz mono,
+peak-normalised, silence-trimmed utterance both tokenizers read (python_backends.preprocess)."""
+import json
+import sys
+
+
+def _put_project_on_path(args):
+    """The stub ignores PYTHONPATH; build_repository.py writes the project root into the config."""
+    params = json.loads(args["model_config"]).get("parameters", {})
+    root = params.get("project_root", {}).get("string_value")
+    if root and root not in sys.path:
+        sys.path.insert(0, root)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        _put_project_on_path(args)
+        from python_backends import triton_io
+        from python_backends.preprocess import preprocess
+
+        self.io = triton_io
+        self.settings = triton_io.load_settings(args)
+        self.preprocess = preprocess
+        preprocess(triton_io.warmup_audio(1.0, 44100), 44100, self.settings)  # warm-up
+
+    def _one(self, request):
+        io = self.io
+        waveform = io.read_utterance(request, "waveform")
+        sample_rate = io.read_scalar(request, "sample_rate")
+        channels = io.read_scalar(request, "channels", default=1)
+        audio = self.preprocess(waveform, sample_rate, self.settings, channels)
+        return [io.tensor("audio_16k", audio)]
+
+    def execute(self, requests):
+        return self.io.respond_each(requests, self._one)

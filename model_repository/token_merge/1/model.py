@@ -1,0 +1,35 @@
+"""Triton model `token_merge`: the 2:3 interleave of vq02 and vq06 codes → LLM token ids and the
+`<audio_N>` prompt string (python_backends.token_merge)."""
+import json
+import sys
+
+
+def _put_project_on_path(args):
+    """The stub ignores PYTHONPATH; build_repository.py writes the project root into the config."""
+    params = json.loads(args["model_config"]).get("parameters", {})
+    root = params.get("project_root", {}).get("string_value")
+    if root and root not in sys.path:
+        sys.path.insert(0, root)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        _put_project_on_path(args)
+        import numpy as np
+
+        from python_backends import triton_io
+        from python_backends.token_merge import merge_tokens
+
+        self.io = triton_io
+        self.merge = merge_tokens
+        self.int32 = np.int32
+
+    def _one(self, request):
+        io = self.io
+        vq02 = io.read_utterance(request, "vq02_codes", self.int32)
+        vq06 = io.read_utterance(request, "vq06_codes", self.int32)
+        ids, token_str = self.merge(vq02, vq06)
+        return [io.tensor("merged_ids", ids), io.bytes_tensor("token_str", token_str)]
+
+    def execute(self, requests):
+        return self.io.respond_each(requests, self._one)

@@ -1,0 +1,34 @@
+"""Triton model `vq06`: 16 kHz utterances → semantic codes (25 Hz, 4096 codes). All 30 s pieces of
+all requests of an execute() call go through speech_tokenizer_v1.onnx in one padded run."""
+import json
+import sys
+
+
+def _put_project_on_path(args):
+    """The stub ignores PYTHONPATH; build_repository.py writes the project root into the config."""
+    params = json.loads(args["model_config"]).get("parameters", {})
+    root = params.get("project_root", {}).get("string_value")
+    if root and root not in sys.path:
+        sys.path.insert(0, root)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        _put_project_on_path(args)
+        from python_backends import triton_io
+        from python_backends.vq06 import Vq06Tokenizer
+
+        self.io = triton_io
+        settings = triton_io.load_settings(args)
+        triton_io.configure_threads(settings)
+        self.tokenizer = Vq06Tokenizer(str(settings.speech_tokenizer_path), settings.device,
+                                       settings.num_threads)
+        self.tokenizer([triton_io.warmup_audio()])
+
+    def execute(self, requests):
+        io = self.io
+        return io.respond_batched(
+            requests,
+            parse=lambda request: io.read_audio(request, "audio_16k"),
+            run=self.tokenizer,
+            outputs=lambda codes: [io.tensor("vq06_codes", codes)])
