@@ -1,0 +1,1 @@
+"""Build-time tools: synthetic weights, test speech and the Triton model repository."""

@@ -1,0 +1,251 @@
+"""Synthetic Step-Audio-Tokenizer weights with the real release's architectures and file layout.
+
+    python -m build_scripts.make_synthetic_weights --preset tiny|full --out DIR [--seed N] [--force]
+
+writes
+    DIR/dengcunqin/speech_paraformer-large_asr_nat-zh-cantonese-en-16k-vocab8501-online/
+        config.yaml, model.pt, am.mvn, tokens.json, configuration.json   (FunASR ParaformerStreaming)
+    DIR/linguistic_tokenizer.npy      float32 [1024, encoder dim]: vq02 k-means centroids
+    DIR/speech_tokenizer_v1.onnx      S3 tokenizer v1 25 Hz: feats, feats_length → indices
+    DIR/synthetic_weights.json        manifest (preset, seed, sizes, sha256), written last
+
+Weights are random (seeded per tensor). am.mvn holds the fbank statistics of espeak-ng speech,
+and both codebooks are k-means fitted to the model's own features of espeak-ng speech (seeds
+100+, apart from the seeds 0..9 tests speak), so codes vary on speech as real ones do.
+Same preset + seed → same bytes (on one machine and library set). A DIR already holding the
+same preset and seed, written by the same generator code (see `generator_fingerprint`), is left
+alone unless --force; a DIR holding tokenizer files without our manifest is never overwritten
+without --force.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+from build_scripts import espeak_clips
+from build_scripts.espeak_clips import speech_of_duration
+from build_scripts.synthetic import codebooks, paraformer_dir, speech_tokenizer_onnx as s3
+from build_scripts.synthetic.files import atomic_open, sha256_file, temp_path_for, write_bytes_atomic
+from build_scripts.synthetic.presets import PRESETS, Preset, get_preset
+from python_backends.settings import CENTROIDS_FILE, PARAFORMER_DIR, SPEECH_TOKENIZER_FILE
+
+LOG = logging.getLogger("synthetic_weights")
+MANIFEST = "synthetic_weights.json"
+INCOMPLETE_MARKER = ".synthetic_weights.incomplete"
+LOCK_FILE = ".synthetic_weights.lock"
+FORMAT = 1
+REPO = Path(__file__).resolve().parents[1]
+# code whose changes change the output: a manifest written by other code is not "complete"
+FINGERPRINT_SOURCES = ("build_scripts/make_synthetic_weights.py", "build_scripts/espeak_clips.py",
+                       "build_scripts/synthetic/*.py", "python_backends/settings.py",
+                       "python_backends/paraformer_weights.py", "python_backends/fbank_frontend.py",
+                       "python_backends/chunk_encoder.py")
+PARAFORMER_FILES = ("config.yaml", "model.pt", "am.mvn", "tokens.json", "configuration.json")
+FILES = tuple(f"{PARAFORMER_DIR}/{n}" for n in PARAFORMER_FILES) + (CENTROIDS_FILE, SPEECH_TOKENIZER_FILE)
+FIT_RATE = 16000
+
+
+class WeightsDirInUse(RuntimeError):
+    """DIR holds tokenizer files this generator did not write (maybe real weights)."""
+
+
+@contextlib.contextmanager
+def _stage(name: str, **fields):
+    t0 = time.perf_counter()
+    extra: dict = {}
+    yield extra
+    items = " ".join(f"{k}={v}" for k, v in {**fields, **extra}.items())
+    LOG.info("stage=%s seconds=%.2f%s", name, time.perf_counter() - t0, f" {items}" if items else "")
+
+
+def _sub_seed(seed: int, purpose: int) -> int:
+    return int(np.random.SeedSequence([int(seed), purpose]).generate_state(1)[0])
+
+
+def generator_fingerprint() -> str:
+    """sha256 over the generator's sources and the espeak-ng version."""
+    h = hashlib.sha256()
+    for pattern in FINGERPRINT_SOURCES:
+        for path in sorted(REPO.glob(pattern)):
+            h.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    version = subprocess.run([espeak_clips._espeak_path(), "--version"], capture_output=True,
+                             check=False).stdout
+    h.update(version.strip())
+    return h.hexdigest()
+
+
+def _manifest_header(preset: Preset, seed: int) -> dict:
+    return {"format": FORMAT, "generator": "build_scripts/make_synthetic_weights.py",
+            "generator_fingerprint": generator_fingerprint(), "preset": preset.name,
+            "seed": int(seed), "preset_config": dataclasses.asdict(preset)}
+
+
+def read_manifest(out: Path) -> dict | None:
+    try:
+        return json.loads((Path(out) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def is_complete(out: Path, preset: Preset, seed: int) -> bool:
+    """DIR holds every file of `preset`/`seed` with the sizes its manifest records."""
+    manifest = read_manifest(out)
+    if not manifest or any(manifest.get(k) != v for k, v in _manifest_header(preset, seed).items()):
+        return False
+    files = manifest.get("files", {})
+    return set(files) == set(FILES) and all(
+        (Path(out) / name).is_file() and (Path(out) / name).stat().st_size == meta.get("bytes")
+        for name, meta in files.items())
+
+
+# ---------------------------------------------------------------- stages
+def fitting_speech(preset: Preset) -> list[np.ndarray]:
+    import soxr
+
+    clips = []
+    for i in range(preset.fit_clips):
+        audio, rate = speech_of_duration(preset.fit_clip_seconds, seed=preset.fit_seed_base + i)
+        clips.append(np.asarray(soxr.resample(audio, rate, FIT_RATE), dtype=np.float32))
+    return clips
+
+
+def fbank_statistics(clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    from python_backends.fbank_frontend import ParaformerFrontend
+
+    n = paraformer_dir.N_MELS * paraformer_dir.LFR_M
+    fe = ParaformerFrontend(np.zeros(n, np.float32), np.ones(n, np.float32), dither=0.0)
+    fb = np.concatenate([fe.fbank(c) for c in clips]).astype(np.float64)
+    return fb.mean(axis=0), np.maximum(fb.std(axis=0), 1e-3)
+
+
+def fit_vq02_centroids(model_dir: Path, clips: list[np.ndarray], preset: Preset, seed: int):
+    from python_backends.chunk_encoder import ChunkedEncoderQuantizer
+    from python_backends.fbank_frontend import ParaformerFrontend
+    from python_backends.paraformer_weights import load_paraformer
+
+    w = load_paraformer(model_dir)
+    fe = ParaformerFrontend(w.cmvn_shift, w.cmvn_scale, w.dither)
+    feats = [fe(c) for c in clips]
+    d = int(w.encoder_conf["output_size"])
+    enc = ChunkedEncoderQuantizer(w.encoder_conf, paraformer_dir.INPUT_SIZE, np.zeros((1, d), np.float32))
+    enc.load_encoder_state(w.encoder_state)
+    enc.eval()
+    _, enc_out = enc(torch.from_numpy(np.concatenate(feats)), [len(f) for f in feats])
+    frames = enc_out.numpy()
+    centroids = codebooks.fit_kmeans(frames, preset.vq02_codes, preset.kmeans_iterations,
+                                     seed=_sub_seed(seed, 2))
+    return centroids, len(frames)
+
+
+def fit_vq06_codebook(model: s3.SpeechTokenizerV1, clips: list[np.ndarray], preset: Preset, seed: int):
+    mels = [s3.whisper_log_mel(c, preset.speech_tokenizer.n_mels) for c in clips]
+    frames = s3.normalized_features(model, mels)
+    codes = codebooks.fit_kmeans(frames, preset.speech_tokenizer.n_codes, preset.kmeans_iterations,
+                                 seed=_sub_seed(seed, 3), spherical=True)
+    s3.set_codebook(model, codes)
+    return len(frames)
+
+
+# ---------------------------------------------------------------- driver
+def _guard_foreign_files(out: Path) -> None:
+    if (out / MANIFEST).exists() or (out / INCOMPLETE_MARKER).exists():
+        return
+    present = [name for name in FILES if (out / name).exists()]
+    if present:
+        raise WeightsDirInUse(
+            f"{out} already holds {', '.join(present)} but no {MANIFEST}: these may be real "
+            "weights, so they are not overwritten; choose another --out or pass --force")
+
+
+def _build_locked(preset: Preset, out: Path, seed: int, force: bool) -> None:
+    header = _manifest_header(preset, seed)
+    if not force and is_complete(out, preset, seed):
+        LOG.info("stage=skip seconds=0.00 preset=%s seed=%d out=%s (already complete)", preset.name, seed, out)
+        return
+    if not force:
+        _guard_foreign_files(out)
+    t_all = time.perf_counter()
+    write_bytes_atomic(out / INCOMPLETE_MARKER, json.dumps(header).encode())
+    (out / MANIFEST).unlink(missing_ok=True)
+    with _stage("speech", clips=preset.fit_clips, seconds_each=preset.fit_clip_seconds):
+        clips = fitting_speech(preset)
+    with _stage("am_mvn"):
+        mean80, std80 = fbank_statistics(clips)
+    model_dir = out / PARAFORMER_DIR
+    with _stage("paraformer", dir=PARAFORMER_DIR) as info:
+        state = paraformer_dir.write_paraformer_dir(model_dir, preset.paraformer, seed, mean80, std80)
+        info["params"] = sum(t.numel() for t in state.values())
+        del state
+    with _stage("vq02_centroids") as info:
+        centroids, info["frames"] = fit_vq02_centroids(model_dir, clips, preset, seed)
+        with atomic_open(out / CENTROIDS_FILE) as f:
+            np.save(f, centroids)
+        info["shape"] = "x".join(map(str, centroids.shape))
+    with _stage("vq06_codebook") as info:
+        model = s3.random_model(preset.speech_tokenizer, seed)
+        info["frames"] = fit_vq06_codebook(model, clips, preset, seed)
+    with _stage("onnx_export", file=SPEECH_TOKENIZER_FILE) as info:
+        tmp = temp_path_for(out / SPEECH_TOKENIZER_FILE)
+        try:
+            s3.export_onnx(model, tmp)
+            tmp.replace(out / SPEECH_TOKENIZER_FILE)
+        finally:
+            tmp.unlink(missing_ok=True)
+        info["params"] = sum(p.numel() for p in model.parameters())
+    with _stage("manifest"):
+        files = {name: {"bytes": (out / name).stat().st_size, "sha256": sha256_file(out / name)}
+                 for name in FILES}
+        manifest = {**header, "files": files}
+        write_bytes_atomic(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+        (out / INCOMPLETE_MARKER).unlink(missing_ok=True)
+    LOG.info("stage=done seconds=%.2f preset=%s seed=%d out=%s", time.perf_counter() - t_all,
+             preset.name, seed, out)
+
+
+def build(preset: str, out: Path, seed: int = 0, force: bool = False) -> Path:
+    """Write the synthetic weights of `preset` into `out` (skipped when already complete) → out."""
+    p = get_preset(preset)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK_FILE, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per directory at a time
+        try:
+            _build_locked(p, out, int(seed), force)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), required=True)
+    ap.add_argument("--out", type=Path, required=True, help="weights directory to write")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--force", action="store_true", help="rebuild even if complete; overwrite foreign files")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s", stream=sys.stderr)
+    try:
+        build(args.preset, args.out, args.seed, args.force)
+    except WeightsDirInUse as e:
+        LOG.error("%s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
