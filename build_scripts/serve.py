@@ -23,6 +23,7 @@ import importlib.util
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -86,13 +87,23 @@ def server_environment(extra_libs: list[Path]) -> dict[str, str]:
     return env
 
 
-def log_tail(path: Path | None, lines: int = 40) -> str:
+# error lines every CPU-only start prints; not worth showing
+_HARMLESS = ("CUDA driver", "CudaDriverHelper", "NVML", "DCGM")
+
+
+def log_tail(path: Path | None, lines: int = 30) -> str:
+    """The server's error lines (models that failed to load, ...) and the last `lines` lines."""
     if path is None or not path.is_file():
         return "(no server log)"
     text = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    # drop the big option/model tables Triton prints, keep the messages
-    text = [line for line in text if not line.startswith(("+--", "|  ", "| Option", "| Model"))]
-    return "\n".join(text[-lines:])
+    # drop the borders and filler of the big option/model tables Triton prints
+    text = [line for line in text if line.strip() and not line.startswith(("+--", "|  "))]
+    tail = text[-lines:]
+    errors = [line for line in text[:-lines]
+              if (re.match(r"E\d{4} ", line) or "UNAVAILABLE" in line)
+              and not any(h in line for h in _HARMLESS)]
+    head = ["errors:", *errors[-20:], "last lines:"] if errors else []
+    return "\n".join(head + tail)
 
 
 class TritonServer:

@@ -66,7 +66,6 @@ class AudioTokenizerClient:
             timeout = timeout_s or 600.0
             self._client = self._tc.InferenceServerClient(self.url, connection_timeout=timeout,
                                                           network_timeout=timeout)
-        self._last = None
         self._last = self.statistics()
 
     # ----------------------------------------------------------------- inference
@@ -121,17 +120,17 @@ class AudioTokenizerClient:
                 out[name] = _sum_versions(out.get(name), entry)
         return out
 
-    def stage_times(self, reset: bool = True) -> dict:
-        """Per model since the previous call (or since the client was made): requests,
-        executions (batches), and milliseconds spent queued / computing / in total.
+    def stage_times(self, since: dict | None = None) -> dict:
+        """Per model: requests, inferences, executions (batches), batch sizes and milliseconds
+        spent queued / computing / in total, since the previous call (or since the client was
+        made), or since `since`, a `statistics()` snapshot (then the previous-call mark stays).
 
-        With several clients or concurrent traffic this includes every client's requests.
+        The statistics are the server's: they include every client's requests.
         """
         now = self.statistics()
-        before = self._last or {}
-        if reset:
-            self._last = now
-        return {name: _diff(stats, before.get(name)) for name, stats in now.items()}
+        if since is None:
+            since, self._last = self._last or {}, now
+        return {name: _diff(stats, since.get(name)) for name, stats in now.items()}
 
     def close(self) -> None:
         self._client.close()
@@ -156,11 +155,12 @@ def _as_tokenizer_error(exc: Exception) -> TokenizerError:
 
 
 _KEYS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+_COMPUTE = ("compute_input", "compute_infer", "compute_output")
 
 
 def _sum_versions(acc: dict | None, entry: dict) -> dict:
     """Flatten one model_stats entry (summing versions) into counts and nanoseconds."""
-    acc = dict(acc or {"inference_count": 0, "execution_count": 0, "batch_sizes": {}})
+    acc = dict(acc or {"inference_count": 0, "execution_count": 0, "batches": {}})
     acc["inference_count"] += int(entry.get("inference_count", 0))
     acc["execution_count"] += int(entry.get("execution_count", 0))
     stats = entry.get("inference_stats", {})
@@ -168,46 +168,56 @@ def _sum_versions(acc: dict | None, entry: dict) -> dict:
         count, ns = _count_ns(stats, key)
         acc[f"{key}_count"] = acc.get(f"{key}_count", 0) + count
         acc[f"{key}_ns"] = acc.get(f"{key}_ns", 0) + ns
-    sizes = dict(acc["batch_sizes"])
+    batches = dict(acc["batches"])  # batch size -> (executions, compute ns)
     for batch in entry.get("batch_stats", []):
         size = int(batch.get("batch_size", 0))
-        sizes[size] = sizes.get(size, 0) + _count_ns(batch, "compute_infer")[0]
-    acc["batch_sizes"] = sizes
+        count = _count_ns(batch, "compute_infer")[0]
+        ns = sum(_count_ns(batch, key)[1] for key in _COMPUTE)
+        old = batches.get(size, (0, 0))
+        batches[size] = (old[0] + count, old[1] + ns)
+    acc["batches"] = batches
     return acc
 
 
 def _diff(now: dict, before: dict | None) -> dict:
+    """Statistics between two snapshots. Per-request times are means; `busy_ms` is the model's
+    total execution time (one count per batch, not per request)."""
     before = before or {}
 
     def delta(key):
         return now.get(key, 0) - before.get(key, 0)
 
-    sizes = {size: count - before.get("batch_sizes", {}).get(size, 0)
-             for size, count in now["batch_sizes"].items()}
+    old = before.get("batches", {})
+    batches = {size: (n - old.get(size, (0, 0))[0], ns - old.get(size, (0, 0))[1])
+               for size, (n, ns) in sorted(now["batches"].items())}
+    requests = delta("success_count")
+    per_request = (lambda ns: ns / requests / 1e6) if requests else (lambda ns: 0.0)
     return {
-        "requests": delta("success_count"),
+        "requests": requests,
         "failed": delta("fail_count"),
         "inferences": delta("inference_count"),
         "executions": delta("execution_count"),
-        "queue_ms": delta("queue_ns") / 1e6,
-        "compute_ms": (delta("compute_input_ns") + delta("compute_infer_ns")
-                       + delta("compute_output_ns")) / 1e6,
-        "total_ms": delta("success_ns") / 1e6,
-        "batch_sizes": {size: count for size, count in sorted(sizes.items()) if count},
+        "batch_sizes": {size: n for size, (n, _) in batches.items() if n},
+        "queue_ms": per_request(delta("queue_ns")),
+        "request_ms": per_request(delta("success_ns")),
+        "busy_ms": sum(ns for _, ns in batches.values()) / 1e6,
     }
 
 
 def format_stage_times(times: dict) -> str:
     """A small text table of `stage_times()`."""
-    rows = [f"{'model':<16}{'requests':>9}{'batches':>9}{'queue ms':>11}{'compute ms':>12}"
-            f"{'total ms':>11}  batch sizes"]
+    rows = [f"{'model':<16}{'requests':>9}{'batches':>9}{'queue ms':>10}{'busy ms':>10}"
+            f"{'request ms':>12}  batch sizes (size x count)",
+            f"{'':<34}{'(mean)':>10}{'(total)':>10}{'(mean)':>12}"]
     for name in STAGES:
         if name not in times:
             continue
         t = times[name]
-        sizes = ", ".join(f"{s}x{c}" for s, c in t["batch_sizes"].items()) or "-"
         if name == MODEL:
-            sizes = "(ensemble)"
-        rows.append(f"{name:<16}{t['requests']:>9}{t['executions']:>9}{t['queue_ms']:>11.1f}"
-                    f"{t['compute_ms']:>12.1f}{t['total_ms']:>11.1f}  {sizes}")
+            rows.append(f"{name:<16}{t['requests']:>9}{'-':>9}{'-':>10}{'-':>10}"
+                        f"{t['request_ms']:>12.1f}  (ensemble: end to end)")
+            continue
+        sizes = ", ".join(f"{s}x{c}" for s, c in t["batch_sizes"].items()) or "-"
+        rows.append(f"{name:<16}{t['requests']:>9}{t['executions']:>9}{t['queue_ms']:>10.1f}"
+                    f"{t['busy_ms']:>10.1f}{t['request_ms']:>12.1f}  {sizes}")
     return "\n".join(rows)
