@@ -32,6 +32,8 @@ def tokens_for_frames(frames: int) -> int:
 def onnx_session(path: str, device: str = "cpu", num_threads: int = 0) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # idle pool threads must not spin: they would steal the cores torch (vq02) is using
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if num_threads:
         opts.intra_op_num_threads = num_threads
     if device.startswith("cuda"):
