@@ -127,17 +127,22 @@ class TritonServer:
 
     # ----------------------------------------------------------------- addresses
     @property
+    def host(self) -> str:
+        """Where a client on this machine reaches the server."""
+        return "localhost" if self.address in ("0.0.0.0", "127.0.0.1", "") else self.address
+
+    @property
     def http_url(self) -> str:
         """host:port, as tritonclient.http expects it."""
-        return f"localhost:{self.http_port}"
+        return f"{self.host}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"localhost:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://localhost:{self.metrics_port}/metrics"
+        return f"http://{self.host}:{self.metrics_port}/metrics"
 
     def ports(self) -> dict:
         return {"http_port": self.http_port, "grpc_port": self.grpc_port,
@@ -198,7 +203,7 @@ class TritonServer:
                 raise exc
 
     def _wait_ready(self) -> None:
-        url = f"http://127.0.0.1:{self.http_port}/v2/health/ready"
+        url = f"http://{self.http_url}/v2/health/ready"
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             code = self.process.poll()

@@ -43,7 +43,7 @@ fi
 want="$(sha256sum "$LOCK" | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$want" ]; then
     say "installing requirements.lock into .venv (a few minutes the first time)"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r "$LOCK"
+    "$VENV/bin/python" -m pip install -qq --disable-pip-version-check --no-deps -r "$LOCK"
     echo "$want" > "$STAMP"
 fi
 
