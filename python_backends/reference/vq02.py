@@ -18,8 +18,10 @@ class ReferenceVq02:
     def __init__(self, paraformer_dir: str, centroids_path: str, dither: float | None = None):
         from funasr import AutoModel
 
+        # AutoModel calls torch.set_num_threads(ncpu) (default 4) for the whole process; keep
+        # the current count so the reference and the fast path run on the same threads
         self.auto = AutoModel(model=str(paraformer_dir), device="cpu", disable_update=True,
-                              disable_pbar=True, log_level="ERROR")
+                              disable_pbar=True, log_level="ERROR", ncpu=torch.get_num_threads())
         self.model = self.auto.model.eval()
         self.frontend = self.auto.kwargs["frontend"]
         if dither is not None:

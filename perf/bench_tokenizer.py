@@ -1,0 +1,95 @@
+"""Benchmark: one clip through the original algorithm (reference) and the fast path, in the same
+run — in process, and through a real tritonserver (gRPC) — printing times, speed ratios and
+whether the tokens are identical. Not a test: numbers go to perf/RESULTS.md.
+
+    .venv/bin/python perf/bench_tokenizer.py --preset full --seconds 10
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from build_scripts.espeak_clips import speech_of_duration  # noqa: E402
+from build_scripts.make_synthetic_weights import build  # noqa: E402
+from python_backends.pipeline import FastTokenizer  # noqa: E402
+from python_backends.reference import ReferenceTokenizer  # noqa: E402
+from python_backends.settings import TokenizerSettings  # noqa: E402
+
+
+def timed(fn, repeats: int):
+    """Median wall time of `repeats` calls after one warm-up call, and the last result."""
+    result = fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def same(a, b) -> bool:
+    return (np.array_equal(a.vq02, b.vq02) and np.array_equal(a.vq06, b.vq06)
+            and np.array_equal(a.merged_ids, b.merged_ids) and a.token_str == b.token_str)
+
+
+def via_triton(settings: TokenizerSettings, audio, rate, repeats: int, workdir: Path):
+    from build_scripts.build_repository import build as build_repository
+    from build_scripts.serve import TritonServer
+    from client.tokenizer_client import AudioTokenizerClient
+    from python_backends.pipeline import AudioTokens
+
+    repo = build_repository(settings.weights_dir, workdir / "bench_repository")
+    with TritonServer(repo) as server, AudioTokenizerClient(server.grpc_url, protocol="grpc") as client:
+        client.tokenize(audio, rate)
+        mark = client.statistics()
+        seconds, out = timed(lambda: client.tokenize(audio, rate), repeats)
+        stages = {name: round(s["busy_ms"] / max(s["executions"], 1), 1)
+                  for name, s in client.stage_times(since=mark).items()}
+    tokens = AudioTokens(np.asarray(out["vq02_codes"]), np.asarray(out["vq06_codes"]),
+                         np.asarray(out["merged_ids"]), out["token_str"])
+    return seconds, tokens, stages
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="full", choices=["tiny", "full"])
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-triton", action="store_true")
+    args = ap.parse_args()
+
+    weights = build(args.preset, ROOT / "build" / "weights" / args.preset)
+    settings = TokenizerSettings(weights_dir=str(weights))
+    audio, rate = speech_of_duration(args.seconds, seed=0)
+    reference, fast = ReferenceTokenizer(settings), FastTokenizer(settings)
+
+    ref_s, ref_out = timed(lambda: reference(audio, rate), args.repeats)
+    fast_s, fast_out = timed(lambda: fast([(audio, rate)])[0], args.repeats)
+    rows = {
+        "machine": f"{platform.machine()} {platform.processor() or ''} cores={__import__('os').cpu_count()}".strip(),
+        "preset": args.preset, "clip_seconds": args.seconds,
+        "vq02_tokens": int(len(ref_out.vq02)), "vq06_tokens": int(len(ref_out.vq06)),
+        "reference_s": round(ref_s, 3),
+        "fast_in_process_s": round(fast_s, 3),
+        "ratio_in_process": round(ref_s / fast_s, 2),
+        "identical_in_process": same(ref_out, fast_out),
+    }
+    if not args.no_triton:
+        triton_s, triton_out, stages = via_triton(settings, audio, rate, args.repeats, ROOT / "build")
+        rows.update(triton_grpc_s=round(triton_s, 3), ratio_triton=round(ref_s / triton_s, 2),
+                    identical_triton=same(ref_out, triton_out), triton_stage_ms=stages)
+    print(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
