@@ -62,9 +62,10 @@ class SanmLayer(nn.Module):
         scores = torch.matmul(q, torch.cat([k_prev, k], dim=2).transpose(-2, -1))
         scores = scores.masked_fill(~key_ok, torch.finfo(scores.dtype).min)
         ctx = torch.matmul(torch.softmax(scores, dim=-1), torch.cat([v_prev, v], dim=2))
-        attn = att.linear_out(ctx.transpose(1, 2).reshape(W, R, self.size)) + fsmn
-        x = x + attn if self.in_size == self.size else attn
-        return x + self.feed_forward.w_2(F.relu(self.feed_forward.w_1(self.norm2(x))))
+        attn = att.linear_out(ctx.transpose(1, 2).reshape(W, R, self.size)).add_(fsmn)
+        x = attn.add_(x) if self.in_size == self.size else attn
+        hidden = self.feed_forward.w_1(self.norm2(x)).relu_()
+        return x.add_(self.feed_forward.w_2(hidden))
 
 
 def sinusoidal_positions(num: int, depth: int) -> torch.Tensor:
