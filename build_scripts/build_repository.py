@@ -18,12 +18,10 @@ import string
 import sys
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):  # run as a file: make the project importable
-    sys.path.insert(0, str(PROJECT_ROOT))
+from python_backends.settings import (CENTROIDS_FILE, PARAFORMER_DIR, SPEECH_TOKENIZER_FILE,
+                                      TokenizerSettings)
 
-from python_backends.settings import (CENTROIDS_FILE, PARAFORMER_DIR,  # noqa: E402
-                                      SPEECH_TOKENIZER_FILE, TokenizerSettings)
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 TEMPLATES = PROJECT_ROOT / "model_repository"
 MODELS = ("preprocess", "vq02", "vq06", "token_merge", "audio_tokenizer")
@@ -96,7 +94,6 @@ def template_values(settings: TokenizerSettings, options: RepositoryOptions) -> 
         "accelerator_kind": "KIND_GPU" if gpu else "KIND_CPU",
         "accelerator_gpus": f"\n    gpus: [ {', '.join(map(str, options.gpus))} ]" if gpu else "",
         "tokenizer_settings": pbtxt_string(settings.to_json()),
-        "project_root": pbtxt_string(str(PROJECT_ROOT)),
     }
     for model in PYTHON_MODELS:
         values[f"{model}_instances"] = str(options.instance_count(model))

@@ -4,6 +4,7 @@
 #     only if no libpython3.11.so.1.0 exists for the Python backend's stub; each only when missing
 #   - .venv made with python3.11 when missing
 #   - `pip install --no-deps -r requirements.lock` when the lock file changed (stamp in .venv)
+#   - the project root on the venv's path (a .pth file)
 # Quiet when there is nothing to do.
 set -euo pipefail
 
@@ -46,6 +47,11 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$want" ]; then
     "$VENV/bin/python" -m pip install -qq --disable-pip-version-check --no-deps -r "$LOCK"
     echo "$want" > "$STAMP"
 fi
+
+# The project's packages (python_backends, ...) on the venv's path, for the Python backend's
+# stub too (it ignores PYTHONPATH but reads the venv's site-packages).
+site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+[ "$(cat "$site/step_audio_triton.pth" 2>/dev/null || true)" = "$ROOT" ] || echo "$ROOT" > "$site/step_audio_triton.pth"
 
 # The Python backend's stub (tritonserver) links libpython3.11.so.1.0: the venv interpreter's
 # own when it is a shared build, else the system's.

@@ -10,20 +10,18 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from build_scripts.espeak_clips import speech_of_duration  # noqa: E402
-from build_scripts.make_synthetic_weights import build  # noqa: E402
-from python_backends.pipeline import FastTokenizer  # noqa: E402
-from python_backends.reference import ReferenceTokenizer  # noqa: E402
-from python_backends.settings import TokenizerSettings  # noqa: E402
+from build_scripts.espeak_clips import speech_of_duration
+from build_scripts.make_synthetic_weights import build
+from python_backends.pipeline import FastTokenizer
+from python_backends.reference import ReferenceTokenizer
+from python_backends.settings import TokenizerSettings
 
 
 def timed(fn, repeats: int):

@@ -20,7 +20,6 @@ from .errors import InvalidInput
 from .settings import TokenizerSettings
 
 SETTINGS_PARAMETER = "tokenizer_settings"
-PROJECT_ROOT_PARAMETER = "project_root"
 
 
 def pb():

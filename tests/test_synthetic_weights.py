@@ -4,7 +4,6 @@ code changes (its manifest fingerprint)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import subprocess
@@ -17,11 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from build_scripts import espeak_clips
 
-from build_scripts import espeak_clips  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 from build_scripts.make_synthetic_weights import (  # noqa: E402
     FILES, MANIFEST, WeightsDirInUse, build, read_manifest)
 from build_scripts.synthetic import speech_tokenizer_onnx as s3  # noqa: E402
@@ -210,7 +207,6 @@ def test_s3tokenizer_loads_the_onnx_and_agrees(tiny):
     cfg = PRESETS["tiny"].speech_tokenizer
     code = textwrap.dedent(f"""
         import sys, types
-        sys.path.insert(0, {str(REPO)!r})
         try:
             import torchaudio  # noqa: F401
         except Exception:

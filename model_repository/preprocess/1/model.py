@@ -1,20 +1,9 @@
 """Triton model `preprocess`: any-rate, interleaved multi-channel float32 audio → the 16 kHz mono,
 peak-normalised, silence-trimmed utterance both tokenizers read (python_backends.preprocess)."""
-import json
-import sys
-
-
-def _put_project_on_path(args):
-    """The stub ignores PYTHONPATH; build_repository.py writes the project root into the config."""
-    params = json.loads(args["model_config"]).get("parameters", {})
-    root = params.get("project_root", {}).get("string_value")
-    if root and root not in sys.path:
-        sys.path.insert(0, root)
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        _put_project_on_path(args)
         from python_backends import triton_io
         from python_backends.preprocess import preprocess
 

@@ -1,20 +1,9 @@
 """Triton model `token_merge`: the 2:3 interleave of vq02 and vq06 codes → LLM token ids and the
 `<audio_N>` prompt string (python_backends.token_merge)."""
-import json
-import sys
-
-
-def _put_project_on_path(args):
-    """The stub ignores PYTHONPATH; build_repository.py writes the project root into the config."""
-    params = json.loads(args["model_config"]).get("parameters", {})
-    root = params.get("project_root", {}).get("string_value")
-    if root and root not in sys.path:
-        sys.path.insert(0, root)
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        _put_project_on_path(args)
         import numpy as np
 
         from python_backends import triton_io

@@ -1,20 +1,9 @@
 """Triton model `vq02`: 16 kHz utterances → linguistic codes (16.7 Hz, 1024 codes). All requests of
 an execute() call go through the streaming-equivalent Paraformer encoder + k-means in one pass."""
-import json
-import sys
-
-
-def _put_project_on_path(args):
-    """The stub ignores PYTHONPATH; build_repository.py writes the project root into the config."""
-    params = json.loads(args["model_config"]).get("parameters", {})
-    root = params.get("project_root", {}).get("string_value")
-    if root and root not in sys.path:
-        sys.path.insert(0, root)
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        _put_project_on_path(args)
         from python_backends import triton_io
         from python_backends.vq02 import Vq02Tokenizer
 

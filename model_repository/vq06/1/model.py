@@ -1,20 +1,9 @@
 """Triton model `vq06`: 16 kHz utterances → semantic codes (25 Hz, 4096 codes). All 30 s pieces of
 all requests of an execute() call go through speech_tokenizer_v1.onnx in one padded run."""
-import json
-import sys
-
-
-def _put_project_on_path(args):
-    """The stub ignores PYTHONPATH; build_repository.py writes the project root into the config."""
-    params = json.loads(args["model_config"]).get("parameters", {})
-    root = params.get("project_root", {}).get("string_value")
-    if root and root not in sys.path:
-        sys.path.insert(0, root)
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        _put_project_on_path(args)
         from python_backends import triton_io
         from python_backends.vq06 import Vq06Tokenizer
 
