@@ -82,6 +82,16 @@ def main() -> None:
         "ratio_in_process": round(ref_s / fast_s, 2),
         "identical_in_process": same(ref_out, fast_out),
     }
+    audio16k = reference.preprocess(audio, rate)
+    for stage, ref_fn, fast_fn in (
+            ("vq02", lambda: reference.vq02(audio16k), lambda: fast.vq02([audio16k])[0]),
+            ("vq06", lambda: reference.vq06(audio16k), lambda: fast.vq06([audio16k])[0])):
+        stage_ref_s, stage_ref = timed(ref_fn, args.repeats)
+        stage_fast_s, stage_fast = timed(fast_fn, args.repeats)
+        rows[f"{stage}_reference_s"] = round(stage_ref_s, 3)
+        rows[f"{stage}_fast_s"] = round(stage_fast_s, 3)
+        rows[f"{stage}_ratio"] = round(stage_ref_s / stage_fast_s, 2)
+        rows[f"{stage}_identical"] = bool(np.array_equal(stage_ref, stage_fast))
     if not args.no_triton:
         triton_s, triton_out, stages = via_triton(settings, audio, rate, args.repeats, ROOT / "build")
         rows.update(triton_grpc_s=round(triton_s, 3), ratio_triton=round(ref_s / triton_s, 2),
