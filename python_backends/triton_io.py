@@ -191,3 +191,10 @@ def respond_batched(requests: Sequence, parse: Callable, run: Callable, outputs:
                 _log_internal(exc)
                 responses[i] = error_response(exc)
     return responses
+
+
+def respond_codes(requests: Sequence, tokenizer: Callable, output: str, input_name: str = "audio_16k"
+                  ) -> list:
+    """The vq02 / vq06 models: every request's 16 kHz utterance through one `tokenizer` call."""
+    return respond_batched(requests, parse=lambda request: read_audio(request, input_name),
+                           run=tokenizer, outputs=lambda codes: [tensor(output, codes)])

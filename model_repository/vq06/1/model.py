@@ -15,9 +15,4 @@ class TritonPythonModel:
         self.tokenizer([triton_io.warmup_audio()])
 
     def execute(self, requests):
-        io = self.io
-        return io.respond_batched(
-            requests,
-            parse=lambda request: io.read_audio(request, "audio_16k"),
-            run=self.tokenizer,
-            outputs=lambda codes: [io.tensor("vq06_codes", codes)])
+        return self.io.respond_codes(requests, self.tokenizer, "vq06_codes")
