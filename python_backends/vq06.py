@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
-import onnxruntime as ort
 
+from .onnx_runtime import onnx_session
 from .settings import ALGORITHM as A
 from .whisper_mel import log_mel
 
@@ -27,21 +27,6 @@ def tokens_for_frames(frames: int) -> int:
     for _ in range(2):
         frames = (frames - 1) // 2 + 1
     return frames
-
-
-def onnx_session(path: str, device: str = "cpu", num_threads: int = 0) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # idle pool threads must not spin: they would steal the cores torch (vq02) is using
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if num_threads:
-        opts.intra_op_num_threads = num_threads
-    if device.startswith("cuda"):
-        index = device.split(":")[1] if ":" in device else "0"
-        providers = [("CUDAExecutionProvider", {"device_id": int(index)}), "CPUExecutionProvider"]
-    else:
-        providers = ["CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), opts, providers=providers)
 
 
 class Vq06Tokenizer:
