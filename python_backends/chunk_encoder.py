@@ -9,6 +9,11 @@ in a batch can be computed together, layer by layer (proof: reference/sanm_equiv
 
 Windows of all utterances are packed into one [W, 9, D] tensor (no padding between requests);
 look-back keys are gathered by window index and masked when they cross an utterance start.
+
+The numeric core (`ChunkedEncoderQuantizer.forward`) takes that plan as tensors (GRAPH_INPUTS:
+gather indices, masks, position encodings), so it traces to one ONNX graph with dynamic frame,
+window and output-row counts (build_scripts/export_vq02_onnx.py); `window_plan` builds the plan
+in numpy for the torch and onnxruntime engines alike.
 """
 from __future__ import annotations
 
@@ -77,8 +82,71 @@ def sinusoidal_positions(num: int, depth: int) -> torch.Tensor:
     return torch.cat([torch.sin(scaled), torch.cos(scaled)], dim=1)
 
 
+class PositionTable:
+    """Sinusoidal position encodings, grown on demand and shared by every utterance."""
+
+    def __init__(self, depth: int):
+        self.depth = depth
+        self._pe = torch.zeros(0, depth)
+
+    def __call__(self, num: int) -> torch.Tensor:
+        if len(self._pe) < num:
+            self._pe = sinusoidal_positions(max(num, 2 * len(self._pe)), self.depth)
+        return self._pe[:num]
+
+    def packed(self, lengths: list[int]) -> torch.Tensor:
+        """Encodings of packed frames (each utterance counts from 1), float32 [sum(lengths), depth]."""
+        if not lengths:
+            return torch.zeros(0, self.depth)
+        return torch.cat([self(int(t)) for t in lengths])
+
+
+# The traced graph's interface (ONNX input/output names, in `forward`'s argument order).
+GRAPH_INPUTS = ("feats", "pos_enc", "window_src", "window_valid", "window_prev", "key_mask", "out_rows")
+GRAPH_OUTPUTS = ("codes", "enc")
+
+
+def window_plan(lengths: list[int]) -> dict[str, np.ndarray]:
+    """Gather indices and masks of the packed window layout (numpy, cheap), keyed by graph input.
+
+    With W windows in all, R = 9 rows each, L = 4 look-back windows of C = 4 stride rows:
+      window_src   int32 [W, R]      row of [zero row | packed inputs] feeding each window row
+      window_valid bool  [W, R]      row is a stream input (leading zero rows are; rows past
+                                     the utterance's end are not)
+      window_prev  int32 [W, L]      windows w-L..w-1 of the same utterance; W = none (masked)
+      key_mask     bool  [W, L*C+R]  attention keys: look-back strides, then the window's rows
+      out_rows     int32 [N]         row of the flattened [W*R] output kept for each input frame
+    """
+    C, P, L = A.chunk_new_frames, A.chunk_lookahead, A.encoder_look_back
+    R = C + P
+    lengths = [int(t) for t in lengths]
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    n_win = [(t + C - 1) // C for t in lengths]
+    local = np.concatenate([np.zeros(0, np.int64)] + [np.arange(n) for n in n_win]).astype(np.int64)
+    owner = np.repeat(np.arange(len(lengths)), n_win)
+    frame = local[:, None] * C + np.arange(R)[None, :] - P  # frame index within utterance
+    length = np.asarray(lengths, dtype=np.int64)[owner][:, None]
+    in_utt = (frame >= 0) & (frame < length)
+    src = np.where(in_utt, offsets[owner][:, None] + frame + 1, 0)  # 0 → zero row
+    valid = (frame < length)  # leading zero rows are real stream inputs
+    W = len(local)
+    back = np.arange(L, 0, -1)[None, :]
+    prev_idx = np.where(local[:, None] - back >= 0, np.arange(W)[:, None] - back, W)
+    key_ok = np.concatenate([np.repeat(prev_idx < W, C, axis=1), valid], axis=1)
+    out_rows = (np.arange(W)[:, None] * R + P + np.arange(C)[None, :])[frame[:, P:] < length]
+    return {"window_src": src.astype(np.int32), "window_valid": valid,
+            "window_prev": prev_idx.astype(np.int32), "key_mask": key_ok,
+            "out_rows": out_rows.astype(np.int32)}
+
+
 class ChunkedEncoderQuantizer(nn.Module):
-    """feats of B utterances, packed → vq02 codes (and encoder outputs), exactly as the stream."""
+    """feats of B utterances, packed → vq02 codes (and encoder outputs), exactly as the stream.
+
+    `forward(feats, pos_enc, window_src, window_valid, window_prev, key_mask, out_rows)` is the
+    numeric core: tensors only, no data-dependent Python control flow, so it traces to one
+    ONNX graph for any number of utterances and lengths. `encode(feats, lengths)` builds the
+    plan (`graph_inputs`) and calls it; `model(feats, lengths)` is the same as `encode`.
+    """
 
     def __init__(self, encoder_conf: dict, input_size: int, centroids: np.ndarray):
         super().__init__()
@@ -98,50 +166,47 @@ class ChunkedEncoderQuantizer(nn.Module):
             raise ValueError(f"centroids must be [K, {d}], got {tuple(c.shape)}")
         self.register_buffer("centroids", c)
         self.register_buffer("centroid_sq", (c * c).sum(1))
-        self._pe = torch.zeros(0, input_size)
+        self.positions = PositionTable(input_size)
 
     def load_encoder_state(self, state: dict) -> None:
         self.load_state_dict({**state, "centroids": self.centroids, "centroid_sq": self.centroid_sq},
                              strict=True)
 
-    def _positions(self, num: int) -> torch.Tensor:
-        if len(self._pe) < num:
-            self._pe = sinusoidal_positions(max(num, 2 * len(self._pe)), self.input_size)
-        return self._pe[:num]
+    window_plan = staticmethod(window_plan)
 
-    @staticmethod
-    def window_plan(lengths: list[int]):
-        """Gather indices for the packed window layout (numpy, cheap)."""
-        C, P, L = A.chunk_new_frames, A.chunk_lookahead, A.encoder_look_back
-        R = C + P
-        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        n_win = [(t + C - 1) // C for t in lengths]
-        local = np.concatenate([np.arange(n) for n in n_win]).astype(np.int64)
-        owner = np.repeat(np.arange(len(lengths)), n_win)
-        frame = local[:, None] * C + np.arange(R)[None, :] - P  # frame index within utterance
-        length = np.asarray(lengths, dtype=np.int64)[owner][:, None]
-        in_utt = (frame >= 0) & (frame < length)
-        src = np.where(in_utt, offsets[owner][:, None] + frame + 1, 0)  # 0 → zero row
-        valid = (frame < length)  # leading zero rows are real stream inputs
-        W = len(local)
-        back = np.arange(L, 0, -1)[None, :]
-        prev_idx = np.where(local[:, None] - back >= 0, np.arange(W)[:, None] - back, W)
-        key_ok = np.concatenate([np.repeat(prev_idx < W, C, axis=1), valid], axis=1)
-        out_rows = (np.arange(W)[:, None] * R + P + np.arange(C)[None, :])[frame[:, P:] < length]
-        return src, valid, prev_idx, key_ok, out_rows
+    def graph_inputs(self, feats: torch.Tensor, lengths: list[int]) -> dict[str, torch.Tensor]:
+        """`forward`'s inputs, by name, for packed feats [sum(lengths), 560], on feats' device."""
+        return graph_inputs(feats, lengths, self.positions)
+
+    def forward(self, feats, pos_enc, window_src=None, window_valid=None, window_prev=None,
+                key_mask=None, out_rows=None):
+        """Core: feats, pos_enc float32 [T, 560] + plan → codes int32 [N], enc float32 [N, d].
+
+        Called as `model(feats, lengths)` with a list of lengths, it is `encode`.
+        """
+        if not isinstance(pos_enc, torch.Tensor):  # legacy call form (feats, lengths)
+            return self.encode(feats, pos_enc)
+        x = feats * math.sqrt(self.d) + pos_enc
+        x = torch.cat([x.new_zeros(1, self.input_size), x])[window_src.long()]
+        valid = window_valid[:, :, None].to(x.dtype)
+        key_ok = key_mask[:, None, None, :]
+        prev = window_prev.long()
+        for layer in (*self.encoders0, *self.encoders):
+            x = layer(x, valid, key_ok, prev)
+        enc = self.after_norm(x.reshape(-1, self.d)[out_rows.long()])
+        dist = torch.addmm(self.centroid_sq[None, :], enc, self.centroids.t(), alpha=-2.0)
+        return dist.argmin(dim=1).to(torch.int32), enc
 
     @torch.inference_mode()
-    def forward(self, feats: torch.Tensor, lengths: list[int]):
-        """feats: packed float32 [sum(lengths), 560] → (codes int64 [sum], enc float32 [sum, d])."""
-        src, valid, prev_idx, key_ok, out_rows = self.window_plan(lengths)
-        pe = torch.cat([self._positions(t) for t in lengths]) if lengths else feats[:0]
-        x = feats * math.sqrt(self.d) + pe
-        x = torch.cat([x.new_zeros(1, self.input_size), x])[torch.from_numpy(src)]
-        valid_t = torch.from_numpy(valid)[:, :, None].to(x.dtype)
-        key_ok_t = torch.from_numpy(key_ok)[:, None, None, :]
-        prev_t = torch.from_numpy(prev_idx)
-        for layer in (*self.encoders0, *self.encoders):
-            x = layer(x, valid_t, key_ok_t, prev_t)
-        enc = self.after_norm(x.reshape(-1, self.d)[torch.from_numpy(out_rows)])
-        dist = torch.addmm(self.centroid_sq[None, :], enc, self.centroids.t(), alpha=-2.0)
-        return dist.argmin(dim=1), enc
+    def encode(self, feats: torch.Tensor, lengths: list[int]):
+        """feats: packed float32 [sum(lengths), 560] → (codes int32 [sum], enc float32 [sum, d])."""
+        inputs = self.graph_inputs(feats, lengths)
+        return self.forward(*(inputs[name] for name in GRAPH_INPUTS))
+
+
+def graph_inputs(feats: torch.Tensor, lengths: list[int], positions: PositionTable) -> dict[str, torch.Tensor]:
+    """The core's inputs, keyed by GRAPH_INPUTS names, for packed feats [sum(lengths), 560]."""
+    plan = window_plan(lengths)
+    pe = positions.packed(lengths).to(feats.device, feats.dtype)
+    return {"feats": feats, "pos_enc": pe,
+            **{k: torch.from_numpy(v).to(feats.device) for k, v in plan.items()}}
