@@ -54,6 +54,11 @@ CENTROIDS_FILE = "linguistic_tokenizer.npy"
 SPEECH_TOKENIZER_FILE = "speech_tokenizer_v1.onnx"
 
 
+# fields added later: serialised only when not at their default, so the configs of
+# deployments that leave them alone stay exactly as before
+WRITTEN_WHEN_SET = ("vq02_engine", "vq02_onnx")
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenizerSettings:
     """Deployment settings shared by the tokenizer models, the reference and the benchmarks."""
@@ -65,6 +70,12 @@ class TokenizerSettings:
     max_sample_rate: int = 192000
     num_threads: int = 0  # 0: leave torch / onnxruntime defaults
     dither: float | None = None  # None: take frontend_conf.dither from the Paraformer config
+    # vq02 encoder engine: "torch" (ChunkedEncoderQuantizer) or "onnx" (onnxruntime over the file
+    # build_scripts/export_vq02_onnx.py writes; CUDA provider when device is cuda:N)
+    vq02_engine: str = "torch"
+    # that file; None: the export's default path for these weights
+    # (build/engines/vq02_encoder.<weights hash>.onnx); a relative path is taken from the project root
+    vq02_onnx: str | None = None
 
     @property
     def paraformer_dir(self) -> Path:
@@ -79,7 +90,11 @@ class TokenizerSettings:
         return Path(self.weights_dir) / SPEECH_TOKENIZER_FILE
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        data = dataclasses.asdict(self)
+        for f in dataclasses.fields(self):
+            if f.name in WRITTEN_WHEN_SET and data[f.name] == f.default:
+                del data[f.name]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "TokenizerSettings":

@@ -1,32 +1,136 @@
-"""Fast vq02: features per utterance, then one batched encoder + k-means pass for all of them."""
+"""Fast vq02: features per utterance, then one batched encoder + k-means pass for all of them.
+
+Two engines run that pass: "torch" (ChunkedEncoderQuantizer in-process) and "onnx"
+(onnxruntime over the graph build_scripts/export_vq02_onnx.py exports from the same module).
+Both take the same window plan, built here in numpy, and give the same codes.
+"""
 from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .chunk_encoder import ChunkedEncoderQuantizer
+from .chunk_encoder import GRAPH_INPUTS, ChunkedEncoderQuantizer, PositionTable, window_plan
 from .fbank_frontend import ParaformerFrontend
 from .paraformer_weights import load_paraformer
 from .settings import ALGORITHM as A
+from .settings import TokenizerSettings
+
+LOG = logging.getLogger(__name__)
+ENGINES = ("torch", "onnx")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+ENGINE_DIR = PROJECT_ROOT / "build" / "engines"
+# the files whose bytes determine the exported graph (names as recorded in the metadata)
+PARAFORMER_SOURCE_FILES = ("model.pt", "config.yaml", "am.mvn")
+
+
+def weight_files(paraformer_dir: str | Path, centroids_path: str | Path) -> dict[str, Path]:
+    files = {name: Path(paraformer_dir) / name for name in PARAFORMER_SOURCE_FILES}
+    files[Path(centroids_path).name] = Path(centroids_path)
+    return files
+
+
+def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_digest(paraformer_dir: str | Path, centroids_path: str | Path) -> tuple[str, dict[str, str]]:
+    """(combined sha256, {file name: sha256}) of the vq02 source weights."""
+    per_file = {name: _sha256_file(path) for name, path in weight_files(paraformer_dir, centroids_path).items()}
+    combined = hashlib.sha256("".join(f"{n}:{h}\n" for n, h in sorted(per_file.items())).encode())
+    return combined.hexdigest(), per_file
+
+
+def default_onnx_path(digest: str) -> Path:
+    """Where the export writes the graph for weights with combined sha256 `digest`."""
+    return ENGINE_DIR / f"vq02_encoder.{digest[:12]}.onnx"
+
+
+def metadata_path(onnx_path: str | Path) -> Path:
+    return Path(onnx_path).with_suffix(".json")
 
 
 class Vq02Tokenizer:
     def __init__(self, paraformer_dir: str, centroids_path: str, device: str = "cpu",
-                 dither: float | None = None):
+                 dither: float | None = None, engine: str = "torch", onnx_path: str | None = None,
+                 num_threads: int = 0):
+        if engine not in ENGINES:
+            raise ValueError(f"vq02 engine must be one of {ENGINES}, got {engine!r}")
         weights = load_paraformer(paraformer_dir)
         self.frontend = ParaformerFrontend(weights.cmvn_shift, weights.cmvn_scale,
                                            weights.dither if dither is None else dither,
                                            weights.frontend_conf.get("window", "hamming"))
         self.device = torch.device(device)
-        model = ChunkedEncoderQuantizer(weights.encoder_conf, A.n_mels * A.lfr_m, np.load(centroids_path))
-        model.load_encoder_state(weights.encoder_state)
-        self.model = model.eval().to(self.device)
+        self.engine = engine
+        input_size = A.n_mels * A.lfr_m
+        if engine == "torch":
+            model = ChunkedEncoderQuantizer(weights.encoder_conf, input_size, np.load(centroids_path))
+            model.load_encoder_state(weights.encoder_state)
+            self.model = model.eval().to(self.device)
+            self.session = None
+        else:
+            from .onnx_runtime import onnx_session
+
+            self.model = None
+            self.onnx_path = self._checked_onnx_path(paraformer_dir, centroids_path, onnx_path)
+            self.session = onnx_session(str(self.onnx_path), device, num_threads)
+            names = tuple(i.name for i in self.session.get_inputs())
+            if sorted(names) != sorted(GRAPH_INPUTS):
+                raise ValueError(f"{self.onnx_path}: inputs {names}, expected {GRAPH_INPUTS}")
+            self.positions = PositionTable(input_size)
+
+    @classmethod
+    def from_settings(cls, settings: TokenizerSettings) -> "Vq02Tokenizer":
+        return cls(str(settings.paraformer_dir), str(settings.centroids_path), settings.device,
+                   settings.dither, engine=settings.vq02_engine, onnx_path=settings.vq02_onnx,
+                   num_threads=settings.num_threads)
+
+    @staticmethod
+    def _checked_onnx_path(paraformer_dir, centroids_path, onnx_path: str | None) -> Path:
+        """The graph to serve; refuses one whose metadata names other weights."""
+        digest, _ = weights_digest(paraformer_dir, centroids_path)
+        path = default_onnx_path(digest) if onnx_path is None else Path(onnx_path)
+        if not path.is_absolute():
+            path = PROJECT_ROOT / path
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"vq02 ONNX encoder {path} does not exist; export it with "
+                f"`python -m build_scripts.export_vq02_onnx --weights <weights dir> --out {path}`")
+        try:
+            meta = json.loads(metadata_path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            LOG.warning("%s has no metadata sidecar; cannot check it was exported from %s",
+                        path, paraformer_dir)
+            return path
+        recorded = meta.get("weights", {}).get("sha256")
+        if recorded != digest:
+            raise ValueError(f"{path} was exported from weights {str(recorded)[:12]}, not from the "
+                             f"configured weights {digest[:12]}; re-export it")
+        return path
+
+    def _encode_onnx(self, feats: np.ndarray, lengths: list[int]) -> np.ndarray:
+        inputs = {"feats": feats, "pos_enc": self.positions.packed(lengths).numpy(),
+                  **window_plan(lengths)}
+        return self.session.run(["codes"], inputs)[0]
 
     def __call__(self, audios: list[np.ndarray]) -> list[np.ndarray]:
         """16 kHz float32 utterances → vq02 codes int32 (16.7 Hz), one array per utterance."""
         feats = [self.frontend(a) for a in audios]
         lengths = [len(f) for f in feats]
-        packed = torch.from_numpy(np.concatenate(feats)).to(self.device)
-        codes, _ = self.model(packed, lengths)
-        codes = codes.to(torch.int32).cpu().numpy()
+        if sum(lengths) == 0:
+            return [np.zeros(0, np.int32) for _ in audios]
+        packed = np.ascontiguousarray(np.concatenate(feats), dtype=np.float32)
+        if self.session is not None:
+            codes = self._encode_onnx(packed, lengths).astype(np.int32, copy=False)
+        else:
+            codes, _ = self.model.encode(torch.from_numpy(packed).to(self.device), lengths)
+            codes = codes.to(torch.int32).cpu().numpy()
         return np.split(codes, np.cumsum(lengths)[:-1])
