@@ -27,8 +27,7 @@ class FastTokenizer:
         if settings.num_threads:
             torch.set_num_threads(settings.num_threads)
         self.settings = settings
-        self.vq02 = Vq02Tokenizer(str(settings.paraformer_dir), str(settings.centroids_path),
-                                  settings.device, settings.dither)
+        self.vq02 = Vq02Tokenizer.from_settings(settings)
         self.vq06 = Vq06Tokenizer(str(settings.speech_tokenizer_path), settings.device,
                                   settings.num_threads)
 

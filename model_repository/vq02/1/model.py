@@ -10,8 +10,7 @@ class TritonPythonModel:
         self.io = triton_io
         settings = triton_io.load_settings(args)
         triton_io.configure_threads(settings)
-        self.tokenizer = Vq02Tokenizer(str(settings.paraformer_dir), str(settings.centroids_path),
-                                       settings.device, settings.dither)
+        self.tokenizer = Vq02Tokenizer.from_settings(settings)
         self.tokenizer([triton_io.warmup_audio()])
 
     def execute(self, requests):
