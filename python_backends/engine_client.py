@@ -1,0 +1,128 @@
+"""How a Python model calls its engine model (TensorRT plan or ONNX Runtime) on the GPU: BLS.
+
+In a GPU repository built with `--gpu-engine`, the `vq02` and `vq06` configs carry an
+`engine_model` parameter naming `vq02_encoder` / `vq06_encoder`. A Python model then keeps its
+pre- and post-processing (features, window plan, splitting codes per request) and sends the
+tensors to the engine with a BLS request instead of running the network itself:
+
+    client = engine_client.from_model_args(args)        # in initialize(); None: no engine
+    codes = client.infer({"feats": feats, ...}, ["codes"])["codes"]
+
+Inputs may be numpy arrays or torch tensors; CUDA tensors travel by DLPack (no host copy)
+and GPU outputs come back as torch tensors on the device, CPU outputs as numpy arrays.
+`from_model_args` first checks the engine's plan (if it is a TensorRT plan) against the GPU
+of this instance and the TensorRT here (engine_metadata.check_plan): a plan built for
+another GPU or TensorRT version makes the model fail to load with a message saying so.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from . import engine_metadata
+
+ENGINE_PARAMETER = "engine_model"
+
+
+class EngineError(RuntimeError):
+    """The engine model answered with an error (or without a requested output)."""
+
+
+def _pb():
+    import triton_python_backend_utils
+
+    return triton_python_backend_utils
+
+
+def to_pb_tensor(pb, name: str, value):
+    """numpy / CPU torch → pb.Tensor (host); CUDA torch → pb.Tensor.from_dlpack (stays on GPU)."""
+    if isinstance(value, np.ndarray):
+        return pb.Tensor(name, np.ascontiguousarray(value))
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        if value.is_cuda:
+            from torch.utils.dlpack import to_dlpack
+
+            return pb.Tensor.from_dlpack(name, to_dlpack(value.contiguous()))
+        return pb.Tensor(name, value.detach().contiguous().numpy())
+    return pb.Tensor(name, np.asarray(value))
+
+
+def from_pb_tensor(tensor):
+    """pb.Tensor → numpy (host memory, copied out of the response) or a CUDA torch tensor."""
+    if tensor.is_cpu():
+        return np.array(tensor.as_numpy(), copy=True)
+    from torch.utils.dlpack import from_dlpack
+
+    return from_dlpack(tensor.to_dlpack())
+
+
+class EngineClient:
+    """Synchronous BLS calls to one engine model."""
+
+    def __init__(self, model_name: str, pb=None):
+        self.model_name = model_name
+        self._pb = pb
+
+    @property
+    def pb(self):
+        if self._pb is None:
+            self._pb = _pb()
+        return self._pb
+
+    def infer(self, inputs: Mapping[str, object], outputs: Sequence[str]) -> dict[str, object]:
+        pb = self.pb
+        request = pb.InferenceRequest(
+            model_name=self.model_name, requested_output_names=list(outputs),
+            inputs=[to_pb_tensor(pb, name, value) for name, value in inputs.items()])
+        response = request.exec()
+        if response.has_error():
+            raise EngineError(f"engine model '{self.model_name}' failed: {response.error().message()}")
+        result = {}
+        for name in outputs:
+            tensor = pb.get_output_tensor_by_name(response, name)
+            if tensor is None:
+                raise EngineError(f"engine model '{self.model_name}' returned no output '{name}'")
+            result[name] = from_pb_tensor(tensor)
+        return result
+
+
+def engine_model_name(args: Mapping) -> str | None:
+    """The `engine_model` parameter of this model's config, None when absent or empty."""
+    config = json.loads(args["model_config"])
+    value = config.get("parameters", {}).get(ENGINE_PARAMETER, {}).get("string_value", "")
+    return value or None
+
+
+def engine_version_dir(args: Mapping, engine: str) -> Path:
+    """REPO/<engine>/1: `model_repository` in the args is this model's folder, REPO/<model>."""
+    return Path(args["model_repository"]).parent / engine / "1"
+
+
+def check_engine(version_dir: Path, device_index: int,
+                 env: engine_metadata.Environment | None = None) -> engine_metadata.PlanMetadata | None:
+    """Refuse (PlanMismatch) a TensorRT plan in `version_dir` built for another GPU or TensorRT;
+    None for an ONNX engine (ONNX Runtime builds its TensorRT engines itself)."""
+    plan = version_dir / "model.plan"
+    if plan.is_file():
+        return engine_metadata.check_plan(plan, env, device_index)
+    if (version_dir / "model.onnx").is_file():
+        return None
+    raise engine_metadata.PlanMismatch(f"engine folder {version_dir} holds neither model.plan nor "
+                                       "model.onnx; rebuild the repository with --gpu-engine")
+
+
+def from_model_args(args: Mapping, pb=None, env: engine_metadata.Environment | None = None
+                    ) -> EngineClient | None:
+    """The client for the engine this model's config names (checked for this instance's GPU),
+    or None when the config names none (CPU repositories, --gpu-engine none)."""
+    engine = engine_model_name(args)
+    if engine is None:
+        return None
+    device_index = int(args.get("model_instance_device_id", 0) or 0)
+    check_engine(engine_version_dir(args, engine), device_index, env)
+    return EngineClient(engine, pb)
