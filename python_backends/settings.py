@@ -54,11 +54,6 @@ CENTROIDS_FILE = "linguistic_tokenizer.npy"
 SPEECH_TOKENIZER_FILE = "speech_tokenizer_v1.onnx"
 
 
-# fields added later: serialised only when not at their default, so the configs of
-# deployments that leave them alone stay exactly as before
-WRITTEN_WHEN_SET = ("vq02_engine", "vq02_onnx")
-
-
 @dataclasses.dataclass(frozen=True)
 class TokenizerSettings:
     """Deployment settings shared by the tokenizer models, the reference and the benchmarks."""
@@ -90,11 +85,7 @@ class TokenizerSettings:
         return Path(self.weights_dir) / SPEECH_TOKENIZER_FILE
 
     def to_json(self) -> str:
-        data = dataclasses.asdict(self)
-        for f in dataclasses.fields(self):
-            if f.name in WRITTEN_WHEN_SET and data[f.name] == f.default:
-                del data[f.name]
-        return json.dumps(data, sort_keys=True)
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "TokenizerSettings":
