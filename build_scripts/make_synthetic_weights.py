@@ -142,7 +142,7 @@ def fit_vq02_centroids(model_dir: Path, clips: list[np.ndarray], preset: Preset,
     enc = ChunkedEncoderQuantizer(w.encoder_conf, paraformer_dir.INPUT_SIZE, np.zeros((1, d), np.float32))
     enc.load_encoder_state(w.encoder_state)
     enc.eval()
-    _, enc_out = enc(torch.from_numpy(np.concatenate(feats)), [len(f) for f in feats])
+    _, enc_out = enc.encode(torch.from_numpy(np.concatenate(feats)), [len(f) for f in feats])
     frames = enc_out.numpy()
     centroids = codebooks.fit_kmeans(frames, preset.vq02_codes, preset.kmeans_iterations,
                                      seed=_sub_seed(seed, 2))

@@ -145,7 +145,7 @@ class ChunkedEncoderQuantizer(nn.Module):
     `forward(feats, pos_enc, window_src, window_valid, window_prev, key_mask, out_rows)` is the
     numeric core: tensors only, no data-dependent Python control flow, so it traces to one
     ONNX graph for any number of utterances and lengths. `encode(feats, lengths)` builds the
-    plan (`graph_inputs`) and calls it; `model(feats, lengths)` is the same as `encode`.
+    plan (`graph_inputs`) and calls it.
     """
 
     def __init__(self, encoder_conf: dict, input_size: int, centroids: np.ndarray):
@@ -172,20 +172,12 @@ class ChunkedEncoderQuantizer(nn.Module):
         self.load_state_dict({**state, "centroids": self.centroids, "centroid_sq": self.centroid_sq},
                              strict=True)
 
-    window_plan = staticmethod(window_plan)
-
     def graph_inputs(self, feats: torch.Tensor, lengths: list[int]) -> dict[str, torch.Tensor]:
         """`forward`'s inputs, by name, for packed feats [sum(lengths), 560], on feats' device."""
         return graph_inputs(feats, lengths, self.positions)
 
-    def forward(self, feats, pos_enc, window_src=None, window_valid=None, window_prev=None,
-                key_mask=None, out_rows=None):
-        """Core: feats, pos_enc float32 [T, 560] + plan → codes int32 [N], enc float32 [N, d].
-
-        Called as `model(feats, lengths)` with a list of lengths, it is `encode`.
-        """
-        if not isinstance(pos_enc, torch.Tensor):  # legacy call form (feats, lengths)
-            return self.encode(feats, pos_enc)
+    def forward(self, feats, pos_enc, window_src, window_valid, window_prev, key_mask, out_rows):
+        """Core: feats, pos_enc float32 [T, 560] + plan → codes int32 [N], enc float32 [N, d]."""
         x = feats * math.sqrt(self.d) + pos_enc
         x = torch.cat([x.new_zeros(1, self.input_size), x])[window_src.long()]
         valid = window_valid[:, :, None].to(x.dtype)

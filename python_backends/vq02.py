@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .chunk_encoder import GRAPH_INPUTS, ChunkedEncoderQuantizer, PositionTable, window_plan
+from .chunk_encoder import GRAPH_INPUTS, ChunkedEncoderQuantizer, PositionTable, graph_inputs
 from .fbank_frontend import ParaformerFrontend
 from .paraformer_weights import load_paraformer
 from .settings import ALGORITHM as A
 from .settings import TokenizerSettings
 
 LOG = logging.getLogger(__name__)
-ENGINES = ("torch", "onnx")
+ENGINES = ("torch", "onnx", "triton")  # triton: an engine model reached by BLS
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENGINE_DIR = PROJECT_ROOT / "build" / "engines"
 # the files whose bytes determine the exported graph (names as recorded in the metadata)
@@ -58,16 +58,21 @@ def metadata_path(onnx_path: str | Path) -> Path:
     return Path(onnx_path).with_suffix(".json")
 
 
+def _to_numpy(value) -> np.ndarray:
+    """An engine output: numpy already, or a (CUDA) torch tensor."""
+    return value if isinstance(value, np.ndarray) else value.cpu().numpy()
+
+
 class Vq02Tokenizer:
     def __init__(self, paraformer_dir: str, centroids_path: str, device: str = "cpu",
                  dither: float | None = None, engine: str = "torch", onnx_path: str | None = None,
-                 num_threads: int = 0):
+                 num_threads: int = 0, engine_client=None):
         if engine not in ENGINES:
             raise ValueError(f"vq02 engine must be one of {ENGINES}, got {engine!r}")
         weights = load_paraformer(paraformer_dir)
         self.frontend = ParaformerFrontend(weights.cmvn_shift, weights.cmvn_scale,
                                            weights.dither if dither is None else dither,
-                                           weights.frontend_conf.get("window", "hamming"))
+                                           weights.frontend_conf.get("window", "hamming"), device)
         self.device = torch.device(device)
         self.engine = engine
         input_size = A.n_mels * A.lfr_m
@@ -75,23 +80,32 @@ class Vq02Tokenizer:
             model = ChunkedEncoderQuantizer(weights.encoder_conf, input_size, np.load(centroids_path))
             model.load_encoder_state(weights.encoder_state)
             self.model = model.eval().to(self.device)
-            self.session = None
-        else:
+        elif engine == "onnx":
             from .onnx_runtime import onnx_session
 
             self.model = None
             self.onnx_path = self._checked_onnx_path(paraformer_dir, centroids_path, onnx_path)
-            self.session = onnx_session(str(self.onnx_path), device, num_threads)
-            names = tuple(i.name for i in self.session.get_inputs())
+            session = onnx_session(str(self.onnx_path), device, num_threads)
+            names = tuple(i.name for i in session.get_inputs())
             if sorted(names) != sorted(GRAPH_INPUTS):
                 raise ValueError(f"{self.onnx_path}: inputs {names}, expected {GRAPH_INPUTS}")
+            self._run_graph = lambda inputs: session.run(["codes"], inputs)[0]
+        else:
+            if engine_client is None:
+                raise ValueError("vq02 engine 'triton' needs the engine model's client")
+            self.model = None
+            self._run_graph = lambda inputs: _to_numpy(engine_client.infer(inputs, ["codes"])["codes"])
+        if self.model is None:
             self.positions = PositionTable(input_size)
 
     @classmethod
-    def from_settings(cls, settings: TokenizerSettings) -> "Vq02Tokenizer":
+    def from_settings(cls, settings: TokenizerSettings, engine_client=None) -> "Vq02Tokenizer":
+        """`engine_client` (python_backends.engine_client) overrides the engine: the graph then
+        runs in the engine model it calls."""
         return cls(str(settings.paraformer_dir), str(settings.centroids_path), settings.device,
-                   settings.dither, engine=settings.vq02_engine, onnx_path=settings.vq02_onnx,
-                   num_threads=settings.num_threads)
+                   settings.dither, engine="triton" if engine_client else settings.vq02_engine,
+                   onnx_path=settings.vq02_onnx, num_threads=settings.num_threads,
+                   engine_client=engine_client)
 
     @staticmethod
     def _checked_onnx_path(paraformer_dir, centroids_path, onnx_path: str | None) -> Path:
@@ -116,21 +130,21 @@ class Vq02Tokenizer:
                              f"configured weights {digest[:12]}; re-export it")
         return path
 
-    def _encode_onnx(self, feats: np.ndarray, lengths: list[int]) -> np.ndarray:
-        inputs = {"feats": feats, "pos_enc": self.positions.packed(lengths).numpy(),
-                  **window_plan(lengths)}
-        return self.session.run(["codes"], inputs)[0]
+    def _encode_graph(self, feats: torch.Tensor, lengths: list[int]) -> np.ndarray:
+        on_host = self.engine == "onnx" or not feats.is_cuda
+        inputs = graph_inputs(feats, lengths, self.positions)
+        if on_host:
+            inputs = {name: value.cpu().numpy() for name, value in inputs.items()}
+        return self._run_graph(inputs)
 
     def __call__(self, audios: list[np.ndarray]) -> list[np.ndarray]:
         """16 kHz float32 utterances → vq02 codes int32 (16.7 Hz), one array per utterance."""
-        feats = [self.frontend(a) for a in audios]
-        lengths = [len(f) for f in feats]
+        feats, lengths = self.frontend.packed(audios)
         if sum(lengths) == 0:
             return [np.zeros(0, np.int32) for _ in audios]
-        packed = np.ascontiguousarray(np.concatenate(feats), dtype=np.float32)
-        if self.session is not None:
-            codes = self._encode_onnx(packed, lengths).astype(np.int32, copy=False)
+        if self.model is None:
+            codes = self._encode_graph(feats, lengths).astype(np.int32, copy=False)
         else:
-            codes, _ = self.model.encode(torch.from_numpy(packed).to(self.device), lengths)
+            codes, _ = self.model.encode(feats, lengths)
             codes = codes.to(torch.int32).cpu().numpy()
         return np.split(codes, np.cumsum(lengths)[:-1])

@@ -2,13 +2,16 @@
 requests in one padded onnxruntime run (the model masks padding by `feats_length`).
 
 `padded_batching=False` batches only pieces of identical length, which is exact for any
-model file, including one that would not mask padding.
+model file, including one that would not mask padding. With an `engine_client`
+(python_backends.engine_client) the network runs in a Triton engine model instead (GPU
+repositories): the log-mel batch is built on the instance's device and sent by BLS.
 """
 from __future__ import annotations
 
 from collections import defaultdict
 
 import numpy as np
+import torch
 
 from .onnx_runtime import onnx_session
 from .settings import ALGORITHM as A
@@ -31,24 +34,31 @@ def tokens_for_frames(frames: int) -> int:
 
 class Vq06Tokenizer:
     def __init__(self, onnx_path: str, device: str = "cpu", num_threads: int = 0,
-                 padded_batching: bool = True):
-        self.session = onnx_session(onnx_path, device, num_threads)
-        self.inputs = [i.name for i in self.session.get_inputs()]
+                 padded_batching: bool = True, engine_client=None):
+        self.device = device
         self.padded_batching = padded_batching
+        if engine_client is None:
+            session = onnx_session(onnx_path, device, num_threads)
+            names = [i.name for i in session.get_inputs()]
+            self._run_graph = lambda feats, lengths: session.run(
+                None, {names[0]: feats.cpu().numpy(), names[1]: lengths.cpu().numpy()})[0]
+        else:
+            self._run_graph = lambda feats, lengths: engine_client.infer(
+                {"feats": feats, "feats_length": lengths}, ["indices"])["indices"]
 
     def _run(self, mels: list) -> list[np.ndarray]:
         frames = [m.shape[1] for m in mels]
-        batch = np.zeros((len(mels), A.vq06_n_mels, max(frames)), np.float32)
+        batch = torch.zeros((len(mels), A.vq06_n_mels, max(frames)), device=self.device)
         for i, m in enumerate(mels):
-            batch[i, :, :m.shape[1]] = m.numpy()
-        out = self.session.run(None, {self.inputs[0]: batch,
-                                      self.inputs[1]: np.asarray(frames, np.int32)})[0]
-        out = out.reshape(len(mels), -1)
+            batch[i, :, :m.shape[1]] = m
+        out = self._run_graph(batch, torch.tensor(frames, dtype=torch.int32, device=self.device))
+        out = np.asarray(out if isinstance(out, np.ndarray) else out.cpu()).reshape(len(mels), -1)
         return [out[i, :tokens_for_frames(f)].astype(np.int32) for i, f in enumerate(frames)]
 
     def __call__(self, audios: list[np.ndarray]) -> list[np.ndarray]:
         """16 kHz float32 utterances → vq06 codes int32 (25 Hz), one array per utterance."""
-        pieces = [(u, log_mel(p, A.vq06_n_mels)) for u, a in enumerate(audios) for p in split_pieces(a)]
+        pieces = [(u, log_mel(p, A.vq06_n_mels, self.device)) for u, a in enumerate(audios)
+                  for p in split_pieces(a)]
         groups: dict[int, list[int]] = defaultdict(list)
         for k, (_, mel) in enumerate(pieces):
             groups[0 if self.padded_batching else mel.shape[1]].append(k)

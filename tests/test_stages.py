@@ -116,7 +116,7 @@ def test_vq02_equals_reference_one_batch(fast, ref):
 def test_vq02_encoder_output_close_to_reference(fast, ref):
     audio = clip16k(6.1, seed=7)
     feats = fast.vq02.frontend(audio)
-    _, enc = fast.vq02.model(torch.from_numpy(feats), [len(feats)])
+    _, enc = fast.vq02.model.encode(torch.from_numpy(feats), [len(feats)])
     assert float((enc - ref.vq02.encode(audio)).abs().max()) < 1e-4
 
 
@@ -164,3 +164,25 @@ def test_pipeline_equals_reference(fast, ref):
     np.testing.assert_array_equal(got.vq06, want.vq06)
     np.testing.assert_array_equal(got.merged_ids, want.merged_ids)
     assert got.token_str == want.token_str
+
+
+def test_vq06_engine_client_gets_the_padded_batch(settings, fast):
+    """With an engine client (GPU repositories: BLS to the engine model) the same padded batch
+    goes to the engine model instead of the in-process session."""
+    from python_backends.onnx_runtime import onnx_session
+    from python_backends.vq06 import Vq06Tokenizer
+
+    session = onnx_session(str(settings.speech_tokenizer_path))
+    calls = []
+
+    class Engine:
+        def infer(self, inputs, outputs):
+            calls.append((tuple(inputs["feats"].shape), inputs["feats_length"].tolist(), outputs))
+            feeds = {"feats": inputs["feats"].numpy(), "feats_length": inputs["feats_length"].numpy()}
+            return {"indices": session.run(None, feeds)[0]}
+
+    remote = Vq06Tokenizer(str(settings.speech_tokenizer_path), engine_client=Engine())
+    audios = [clip16k(s, seed=20 + i) for i, s in enumerate([1.2, 4.0])]
+    for got, want in zip(remote(audios), fast.vq06(audios)):
+        np.testing.assert_array_equal(got, want)
+    assert calls == [((2, 128, 400), [120, 400], ["indices"])]

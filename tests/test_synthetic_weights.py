@@ -174,7 +174,7 @@ def test_codes_are_varied_on_held_out_speech(tiny, session):
     for seed in (0, 1, 2):
         audio = speech_16k(5.0, seed)
         feats = fe(audio)
-        vq02, _ = enc(torch.from_numpy(feats), [len(feats)])
+        vq02, _ = enc.encode(torch.from_numpy(feats), [len(feats)])
         vq06 = run_vq06(session, s3.whisper_log_mel(audio).numpy())
         assert len(set(vq02.tolist())) >= 20, seed
         assert len(set(vq06.tolist())) >= 20, seed

@@ -186,9 +186,9 @@ def test_settings_select_the_engine(weights, exported):
     assert TokenizerSettings.from_json(settings.to_json()) == settings
     assert TokenizerSettings(weights_dir="w").vq02_engine == "torch"
     tok = Vq02Tokenizer.from_settings(settings)
-    assert tok.engine == "onnx" and tok.session is not None and tok.onnx_path == exported
+    assert tok.engine == "onnx" and tok.model is None and tok.onnx_path == exported
     tok = Vq02Tokenizer.from_settings(dataclasses.replace(settings, vq02_engine="torch"))
-    assert tok.engine == "torch" and tok.session is None
+    assert tok.engine == "torch" and tok.model is not None
     with pytest.raises(ValueError, match="engine"):
         Vq02Tokenizer.from_settings(dataclasses.replace(settings, vq02_engine="tensorrt"))
     with pytest.raises(FileNotFoundError, match="export_vq02_onnx"):
@@ -201,3 +201,31 @@ def test_engine_fields_round_trip_through_json():
     assert TokenizerSettings.from_json(default.to_json()) == default
     chosen = TokenizerSettings(weights_dir="w", vq02_engine="onnx", vq02_onnx="e.onnx")
     assert TokenizerSettings.from_json(chosen.to_json()) == chosen
+
+
+class FakeEngineModel:
+    """Stands in for the engine model a BLS request reaches: runs the same graph in torch."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def infer(self, inputs, outputs):
+        self.calls.append(sorted(inputs))
+        tensors = [torch.as_tensor(inputs[name]) for name in GRAPH_INPUTS]
+        with torch.inference_mode():
+            codes, _ = self.model(*tensors)
+        return {"codes": codes.numpy()}
+
+
+def test_engine_client_runs_the_graph_in_the_engine_model(weights):
+    settings = TokenizerSettings(weights_dir=str(weights))
+    local = Vq02Tokenizer.from_settings(settings)
+    engine = FakeEngineModel(local.model)
+    remote = Vq02Tokenizer.from_settings(settings, engine_client=engine)
+    assert remote.engine == "triton" and remote.model is None
+    audios = [clip16k(s, seed) for seed, s in enumerate([0.4, 3.3, 7.9])]
+    for got, want in zip(remote(audios), local(audios)):
+        np.testing.assert_array_equal(got, want)
+    assert engine.calls == [sorted(GRAPH_INPUTS)]
+    with pytest.raises(ValueError, match="needs the engine model's client"):
+        Vq02Tokenizer(str(settings.paraformer_dir), str(settings.centroids_path), engine="triton")
