@@ -16,15 +16,20 @@ Writes OUT.csv (one row per label, model, protocol, clip length and concurrency;
 run ends), OUT_throughput.png, OUT_latency.png, OUT.json (command, machine, server configs), and
 prints a compact table. `--replot OUT.csv` remakes the plots and the table from a CSV.
 
-Each point is one bounded perf_analyzer run (time windows: `--measurement-interval`, at most
-`--max-trials` windows, and a subprocess timeout). A window is never shorter than
-`--window-latencies` single-request latencies, measured first with one request per clip (this
-also checks the inputs and warms the server). When perf_analyzer finds no stable measurement,
-the point is measured again over exactly 3 windows without the stability rule and marked
-`stable=0`. Triton's statistics are read before and after each run; their difference (which
-includes perf_analyzer's ramp-up and every window) gives each model's mean queue and compute
-time per request, average batch size (inferences / executions) and utilisation (busy time /
-wall time of the run, summed over instances).
+Each point is one bounded perf_analyzer run: time windows (contiguous; the first includes the
+ramp-up to the concurrency), at most `--max-trials` of them, and a subprocess timeout. Window
+length: at least `--measurement-interval`, `--window-latencies` predicted latencies (batches
+complete in bursts) and room for `--window-completions` requests, at most `--max-window-ms`;
+the latency is predicted from the previous concurrency's, or first from one request per clip
+(sent before the runs: it also checks the inputs and warms the server). By default
+perf_analyzer's stability rule only demands completions in each of the last 3 windows; their
+throughput spread is written to the CSV (`spread_pct`) instead. If perf_analyzer still gives
+up, the point is measured once more with doubled windows (`attempts` = 2).
+
+Triton's statistics are read before and after each run; their difference (which includes the
+ramp-up and every window) gives each member model's mean queue and compute time per request,
+average batch size (inferences / executions) and utilisation (busy time / wall time of the
+run, summed over instances). `loadavg_1m` shows how busy the machine was (this sweep included).
 """
 from __future__ import annotations
 
@@ -58,10 +63,12 @@ ENSEMBLE = "audio_tokenizer"
 PROTOCOLS = ("grpc", "http")
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 DEFAULTS = dict(models="audio_tokenizer", concurrency="1,2,4,8,16,32,64", clip_seconds="3,10,30",
-                clips_per_length=4, measurement_interval=2000, max_trials=5, stability=25.0,
-                window_latencies=4.0)
+                clips_per_length=4, measurement_interval=2000, max_trials=4, stability=1000.0,
+                window_latencies=1.5, window_completions=6, max_window_ms=30000)
 QUICK = dict(models="audio_tokenizer", concurrency="1,2", clip_seconds="3", clips_per_length=1,
-             measurement_interval=1000, max_trials=3, stability=1000.0, window_latencies=4.0)
+             measurement_interval=1000, max_trials=3, stability=1000.0, window_latencies=1.5,
+             window_completions=6, max_window_ms=5000)
+NO_STABILITY_RULE = 100000.0  # perf_analyzer --stability-percentage that accepts any spread
 UNSTABLE = "Failed to obtain stable measurement"
 NO_REQUESTS = "No valid requests recorded"
 
@@ -69,7 +76,8 @@ ID_COLUMNS = ["label", "weights", "model", "protocol", "clip_s", "concurrency"]
 CONFIG_COLUMNS = ["max_batch_size", "queue_delay_us", "preferred_batch_sizes", "instances",
                   "num_threads"]
 RESULT_COLUMNS = ["throughput_infer_s", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "avg_ms",
-                  "measured_requests", "window_ms", "stable", "wall_s", "loadavg_1m"]
+                  "measured_requests", "window_ms", "windows", "spread_pct", "attempts", "wall_s",
+                  "loadavg_1m"]
 SERVER_COLUMNS = ["server_requests", "server_failed", "server_request_ms"]
 MEMBER_FIELDS = ["queue_ms", "compute_ms", "avg_batch", "util"]
 MEMBER_COLUMNS = [f"{m}_{f}" for m in MEMBERS for f in MEMBER_FIELDS]
@@ -179,7 +187,7 @@ def perf_analyzer_env() -> dict[str, str]:
 def perf_analyzer_command(binary: str, model: str, protocol: str, url: str, data: Path,
                           concurrency: int, window_ms: int, max_trials: int, stability: float,
                           csv_path: Path) -> list[str]:
-    return [binary, "-m", model, "-i", protocol, "-u", url, "-b", "1",
+    return [binary, "-v", "-m", model, "-i", protocol, "-u", url, "-b", "1",
             "--input-data", str(data),
             # an explicit end keeps synchronous mode at one thread per concurrent request
             "--concurrency-range", f"{concurrency}:{concurrency}:1",
@@ -203,12 +211,20 @@ def parse_perf_csv(path: Path) -> dict:
 
 
 def parse_perf_stdout(text: str) -> dict:
-    """The client section's average latency and request count (the first of each in the log)."""
+    """From perf_analyzer -v: the client section's average latency and request count (the first
+    of each in the log), the number of windows, and the throughput spread of the last 3 windows
+    (the ones perf_analyzer merges into its result): (max / min - 1) in %."""
     out = {}
-    m = re.search(r"Avg latency: (\d+) usec", text)
+    passes = [float(v) for v in re.findall(r"Pass \[\d+\] throughput: ([0-9.eE+-]+) infer/sec", text)]
+    if passes:
+        out["windows"] = len(passes)
+        last = passes[-3:]
+        out["spread_pct"] = (max(last) / min(last) - 1.0) * 100.0 if min(last) > 0 else math.inf
+    client = text[text.find("Client:"):] if "Client:" in text else text
+    m = re.search(r"Avg latency: (\d+) usec", client)
     if m:
         out["avg_ms"] = int(m.group(1)) / 1000.0
-    m = re.search(r"Request count: (\d+)", text)
+    m = re.search(r"Request count: (\d+)", client)
     if m:
         out["measured_requests"] = int(m.group(1))
     return out
@@ -217,14 +233,13 @@ def parse_perf_stdout(text: str) -> dict:
 def run_perf_analyzer(binary: str, model: str, protocol: str, url: str, data: Path,
                       concurrency: int, window_ms: int, max_trials: int, stability: float,
                       timeout_s: float, workdir: Path, log=None) -> dict:
-    """One concurrency level, retried once: without the stability rule when unstable, with a
-    doubled window when a window saw no request. → result fields (+ "error" on failure)."""
+    """One concurrency level. perf_analyzer reports only a "stable" result: the last 3 windows
+    all saw completions and their throughputs and latencies lie within --stability-percentage.
+    When it gives up (or a window saw no request), the point is measured once more with doubled
+    windows and without the spread rule. → result fields (+ "error" on failure)."""
     env = perf_analyzer_env()
-    stable = 1
-    attempt_args = [(window_ms, max_trials, stability)]
-    result: dict = {}
-    for attempt in range(2):
-        window, trials, stab = attempt_args[-1]
+    window, trials, stab = window_ms, max_trials, stability
+    for attempt in (1, 2):
         csv_path = workdir / f"pa_{model}_{protocol}_{concurrency}_{os.getpid()}.csv"
         csv_path.unlink(missing_ok=True)
         cmd = perf_analyzer_command(binary, model, protocol, url, data, concurrency, window,
@@ -232,30 +247,42 @@ def run_perf_analyzer(binary: str, model: str, protocol: str, url: str, data: Pa
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
         except subprocess.TimeoutExpired as exc:
-            text = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            text = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
             if log:
                 log.write(f"$ {' '.join(cmd)}\n{text}\n(timed out after {timeout_s:.0f} s)\n")
-            return {"window_ms": window, "stable": 0,
+            return {"window_ms": window, "attempts": attempt,
                     "error": f"perf_analyzer timed out after {timeout_s:.0f} s"}
         text = done.stdout + done.stderr
         if log:
             log.write(f"$ {' '.join(cmd)}\n{text}\n(exit {done.returncode})\n")
+            log.flush()
         if done.returncode == 0 and csv_path.is_file():
             result = {**parse_perf_csv(csv_path), **parse_perf_stdout(done.stdout),
-                      "window_ms": window, "stable": stable}
+                      "window_ms": window, "attempts": attempt}
             csv_path.unlink(missing_ok=True)
             return result
-        if attempt == 0 and UNSTABLE in text:
-            stable = 0
-            attempt_args.append((window, 3, 1000.0))
-        elif attempt == 0 and NO_REQUESTS in text:
-            attempt_args.append((window * 2, trials, stab))
-        else:
-            lines = [line for line in text.splitlines() if line.strip()]
-            errors = [line for line in lines if "rror" in line or "ailed" in line] or lines[-3:]
-            return {"window_ms": window, "stable": 0,
-                    "error": f"perf_analyzer exit {done.returncode}: " + " | ".join(errors[-3:])}
+        if attempt == 1 and (UNSTABLE in text or NO_REQUESTS in text):
+            window, trials, stab = window * 2, max(trials, 3), NO_STABILITY_RULE
+            continue
+        lines = [line for line in text.splitlines() if line.strip()]
+        errors = [line for line in lines if "rror" in line or "ailed" in line] or lines[-3:]
+        return {"window_ms": window, "attempts": attempt,
+                "error": f"perf_analyzer exit {done.returncode}: " + " | ".join(errors[-3:])}
     raise AssertionError("unreachable")
+
+
+def window_for(args, concurrency: int, single_s: float, previous: tuple[int, float] | None) -> int:
+    """Window length (ms) for one concurrency level. The latency there is predicted from the
+    previous level's mean latency (growing in proportion to concurrency once the server is
+    saturated) or, first, from one request alone. A window lasts at least --window-latencies
+    such latencies (batches complete in bursts) and long enough for --window-completions
+    requests at that rate, between --measurement-interval and --max-window-ms."""
+    latency = single_s
+    if previous is not None and previous[1] > 0:
+        latency = max(latency, previous[1] * concurrency / previous[0])
+    want = latency * 1000.0 * max(args.window_latencies, args.window_completions / concurrency)
+    return int(math.ceil(min(max(args.measurement_interval, want),
+                             max(args.max_window_ms, args.measurement_interval))))
 
 
 # ============================================================================ Triton statistics / config
@@ -458,12 +485,13 @@ def sweep_target(target: Target, args, sink: CsvSink, workdir: Path, binary: str
                 sink.add({**ident, "protocol": protocol, "concurrency": c, "error": message})
             continue
         latency = statistics.median(latencies)
-        window = max(args.measurement_interval, int(math.ceil(args.window_latencies * latency * 1000)))
         for protocol in protocols:
             url = target.urls[protocol]
             stats = statistics_client(protocol, url, model)
-            for c in args.concurrency:
+            previous = None  # (concurrency, mean latency s) of the last point measured
+            for c in sorted(args.concurrency):
                 row = {**ident, "protocol": protocol, "concurrency": c}
+                window = window_for(args, c, latency, previous)
                 if args.max_total_s and time.monotonic() - started > args.max_total_s:
                     sink.add({**row, "error": f"skipped: --max-total-s {args.max_total_s:g} reached"})
                     continue
@@ -491,10 +519,12 @@ def sweep_target(target: Target, args, sink: CsvSink, workdir: Path, binary: str
                 if not row.get("error") and own.get("failed"):
                     row["error"] = f"{own['failed']} requests failed on the server"
                 sink.add(row)
+                if not row.get("error"):
+                    previous = (c, row.get("avg_ms", row["p50_ms"]) / 1000.0)
                 print(" " + (row.get("error") or
                              f"{row['throughput_infer_s']:.2f} infer/s, p50 {row['p50_ms']:.0f} ms, "
-                             f"p99 {row['p99_ms']:.0f} ms{'' if row['stable'] else ' (unstable)'}"),
-                      flush=True)
+                             f"p99 {row['p99_ms']:.0f} ms, window spread "
+                             f"{row.get('spread_pct', math.nan):.0f} %"), flush=True)
             stats.close()
     return config
 
@@ -664,7 +694,7 @@ def table(rows: list[dict]) -> str:
     """A compact text table: one line per row, member columns where the run had them."""
     head = (f"{'label':<22}{'model':<16}{'proto':<6}{'clip':>5}{'conc':>5}{'infer/s':>9}"
             f"{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}  {'batch pre/02/06/mrg':<20}"
-            f"{'queue ms 02/06':<16}{'util 02/06':<11}")
+            f"{'queue ms 02/06':<16}{'util 02/06':<11}{'spread':>7}")
     out = [head, "-" * len(head)]
 
     def n(v, spec=".1f"):
@@ -680,13 +710,12 @@ def table(rows: list[dict]) -> str:
         batches = "/".join(n(r.get(f"{m}_avg_batch")) for m in MEMBERS)
         queues = "/".join(n(r.get(f"{m}_queue_ms"), ".0f") for m in ("vq02", "vq06"))
         utils = "/".join(n(r.get(f"{m}_util"), ".2f") for m in ("vq02", "vq06"))
-        flag = "" if str(r.get("stable", "1")) == "1" else " *"
         out.append(f"{ident}{n(r['throughput_infer_s'], '.2f'):>9}{n(r['p50_ms'], '.0f'):>9}"
                    f"{n(r['p90_ms'], '.0f'):>9}{n(r['p99_ms'], '.0f'):>9}  {batches:<20}{queues:<16}"
-                   f"{utils:<11}{flag}")
-    if any(str(r.get("stable", "1")) == "0" and not r.get("error") for r in rows):
-        out.append("* no stable measurement within --max-trials; measured over 3 windows without "
-                   "the stability rule")
+                   f"{utils:<11}{n(r.get('spread_pct'), '.0f') + ' %':>7}")
+    out.append("batch: average batch size per member (inferences / executions); queue: mean queue "
+               "ms per request; util: busy time / wall time; spread: throughput max/min - 1 over "
+               "the merged windows")
     return "\n".join(out)
 
 
@@ -729,19 +758,26 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--measurement-interval", type=int, default=None,
                      help=f"minimum window in ms (default {DEFAULTS['measurement_interval']})")
     how.add_argument("--window-latencies", type=float, default=None,
-                     help="a window lasts at least this many single-request latencies "
+                     help="a window lasts at least this many (predicted) request latencies "
                           f"(default {DEFAULTS['window_latencies']:g})")
+    how.add_argument("--window-completions", type=float, default=None,
+                     help="... and long enough for this many requests to complete "
+                          f"(default {DEFAULTS['window_completions']:g})")
+    how.add_argument("--max-window-ms", type=int, default=None,
+                     help=f"longest window (default {DEFAULTS['max_window_ms']})")
     how.add_argument("--max-trials", type=int, default=None,
                      help=f"windows per point at most (default {DEFAULTS['max_trials']})")
     how.add_argument("--stability", type=float, default=None,
-                     help=f"perf_analyzer --stability-percentage (default {DEFAULTS['stability']:g})")
+                     help="perf_analyzer --stability-percentage (default "
+                          f"{DEFAULTS['stability']:g}: any spread, but every window needs "
+                          "completions; the spread is reported in the CSV instead)")
     how.add_argument("--run-timeout-s", type=float, default=0.0,
                      help="subprocess timeout per perf_analyzer run (default: from the window)")
     how.add_argument("--max-total-s", type=float, default=0.0,
                      help="skip the remaining points after this many seconds (0: no limit)")
     how.add_argument("--quick", action="store_true",
                      help="small and fast (tests): concurrency 1,2, one 3 s clip, 1 s windows, "
-                          "3 windows without the stability rule")
+                          "at most 3 windows")
     out = ap.add_argument_group("output")
     out.add_argument("--out", default=str(ROOT / "perf" / "results" / "sweep"),
                      help="prefix of OUT.csv, OUT_throughput.png, OUT_latency.png, OUT.json")

@@ -180,10 +180,27 @@ def test_perf_analyzer_output_parsing(tmp_path):
                     "2,41.2148,38,0,1,321,258335,1169,4,39218,60000,70000,112500\n")
     assert ps.parse_perf_csv(path) == {"throughput_infer_s": 41.2148, "p50_ms": 39.218,
                                        "p90_ms": 60.0, "p95_ms": 70.0, "p99_ms": 112.5}
-    text = ("  Client: \n    Request count: 297\n    Throughput: 41.2 infer/sec\n"
+    text = ("Request concurrency: 2\n"
+            "  Pass [1] throughput: 3.33144 infer/sec. Avg latency: 588272 usec (std 83154 usec). \n"
+            "  Pass [2] throughput: 4 infer/sec. Avg latency: 326599 usec (std 56156 usec). \n"
+            "  Pass [3] throughput: 5 infer/sec. Avg latency: 407089 usec (std 26183 usec). \n"
+            "  Pass [4] throughput: 4.5 infer/sec. Avg latency: 407089 usec (std 26183 usec). \n"
+            "  Client: \n    Request count: 297\n    Throughput: 41.2 infer/sec\n"
             "    Avg latency: 48382 usec (standard deviation 28668 usec)\n"
             "  Server: \n    Avg request latency: 181231 usec\n")
-    assert ps.parse_perf_stdout(text) == {"avg_ms": 48.382, "measured_requests": 297}
+    parsed = ps.parse_perf_stdout(text)
+    assert parsed.pop("spread_pct") == pytest.approx(25.0)  # last 3 windows: 5 / 4 - 1
+    assert parsed == {"avg_ms": 48.382, "measured_requests": 297, "windows": 4}
+
+
+def test_window_grows_with_predicted_latency():
+    args = ps.finish_args(ps.build_parser().parse_args(["--url", "h:1"]))
+    # first point: one request alone (0.1 s); 6 completions at concurrency 1 → 0.6 s → the 2 s floor
+    assert ps.window_for(args, 1, 0.1, None) == 2000
+    assert ps.window_for(args, 1, 1.0, None) == 6000
+    # saturated: latency 0.8 s at 4 → 1.6 s at 8, 1.5 latencies → 2.4 s
+    assert ps.window_for(args, 8, 0.1, (4, 0.8)) == 2400
+    assert ps.window_for(args, 64, 0.1, (32, 40.0)) == 30000  # capped by --max-window-ms
 
 
 def test_breakdown_of_statistics():
@@ -212,7 +229,7 @@ def test_table_and_plots_from_rows(tmp_path):
                          "model": "audio_tokenizer", "protocol": "grpc", "clip_s": str(clip),
                          "concurrency": str(c), "throughput_infer_s": str(c * 10.0 / clip),
                          "p50_ms": str(100.0 * clip), "p90_ms": "1", "p95_ms": "1",
-                         "p99_ms": str(150.0 * clip * c), "stable": "1", "vq02_avg_batch": "1.5"})
+                         "p99_ms": str(150.0 * clip * c), "spread_pct": "12", "vq02_avg_batch": "1.5"})
     rows.append({**rows[0], "concurrency": "8", "error": "perf_analyzer timed out after 60 s"})
     text = ps.table(rows)
     assert "audio_tokenizer" in text and "timed out" in text and "1.5" in text
