@@ -433,12 +433,20 @@ def auto_timeout(window_ms: int, max_trials: int, concurrency: int, latency_s: f
 class CsvSink:
     """Rows appended to OUT.csv as they come (a stopped sweep keeps what it measured)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, append: bool = False):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict] = []
+        if append and path.is_file():
+            with open(path, newline="") as fh:
+                reader = csv.DictReader(fh)
+                if reader.fieldnames != COLUMNS:
+                    raise SweepError(f"{path} has other columns than this sweep writes; "
+                                     "cannot --append to it")
+                self.rows = list(reader)
+            return
         with open(path, "w", newline="") as fh:
             csv.DictWriter(fh, COLUMNS).writeheader()
-        self.rows: list[dict] = []
 
     def add(self, row: dict) -> None:
         row = {c: fmt(row.get(c, "")) for c in COLUMNS}
@@ -555,7 +563,11 @@ def server_specs(args, weights_label: str) -> list[ServerSpec]:
         }
     except BuildError as exc:
         raise SweepError(str(exc)) from None
-    varying = {k for k, v in grid.items() if len(v) > 1}
+    # a label names the knobs that vary in this sweep or differ from the defaults
+    defaults = {"mbs": [16], "qd": [2000], "inst": [("", ())], "thr": [0], "pref": [("none", ())]}
+    varying = {k for k, v in grid.items() if len(v) > 1 or
+               [x[1] if isinstance(x, tuple) else x for x in v] !=
+               [x[1] if isinstance(x, tuple) else x for x in defaults[k]]}
     specs = []
     for mbs, qd, (inst_text, inst), thr, (pref_text, pref) in itertools.product(*grid.values()):
         shown = {"mbs": mbs, "qd": qd, "inst": inst_text or "default", "thr": thr,
@@ -781,6 +793,8 @@ def build_parser() -> argparse.ArgumentParser:
     out = ap.add_argument_group("output")
     out.add_argument("--out", default=str(ROOT / "perf" / "results" / "sweep"),
                      help="prefix of OUT.csv, OUT_throughput.png, OUT_latency.png, OUT.json")
+    out.add_argument("--append", action="store_true",
+                     help="add rows to an existing OUT.csv (plots and table then show all rows)")
     out.add_argument("--title", default="", help="plot title")
     out.add_argument("--workdir", default=None, help="keep input JSON, logs and perf_analyzer "
                                                      "output here (default: a temporary folder)")
@@ -856,7 +870,11 @@ def main(argv: list[str] | None = None) -> int:
             "perf_analyzer": subprocess.run([binary, "--version"], capture_output=True, text=True,
                                             env=perf_analyzer_env()).stdout.strip(),
             "servers": []}
-    sink = CsvSink(prefix.parent / f"{prefix.name}.csv")
+    try:
+        sink = CsvSink(prefix.parent / f"{prefix.name}.csv", append=args.append)
+    except SweepError as exc:
+        ap.error(str(exc))
+    before_rows = len(sink.rows)
     with workdir_ctx as workdir:
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -885,15 +903,20 @@ def main(argv: list[str] | None = None) -> int:
                                               workdir, binary, log, started)
                     meta["servers"].append({"label": spec.label, "repository": str(repo), **config})
     meta["seconds"] = round(time.monotonic() - started, 1)
-    meta["rows"] = len(sink.rows)
-    (prefix.parent / f"{prefix.name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    meta["rows"] = len(sink.rows) - before_rows
+    meta_path = prefix.parent / f"{prefix.name}.json"
+    if args.append and meta_path.is_file():
+        with contextlib.suppress(ValueError):
+            old = json.loads(meta_path.read_text())
+            meta = {"runs": old.get("runs", [old]) + [meta]}
+    meta_path.write_text(json.dumps(meta, indent=1) + "\n")
     paths = plot(sink.rows, prefix, args.title)
     print()
     print(table(sink.rows))
     print(f"\nwrote {sink.path}" + "".join(f", {p}" for p in paths) +
-          f", {prefix.parent / (prefix.name + '.json')} ({meta['seconds']:.0f} s)")
-    failed = [r for r in sink.rows if r.get("error")]
-    return 1 if failed and len(failed) == len(sink.rows) else 0
+          f", {meta_path} ({time.monotonic() - started:.0f} s)")
+    new = sink.rows[before_rows:]
+    return 1 if new and all(r.get("error") for r in new) else 0
 
 
 if __name__ == "__main__":

@@ -301,3 +301,23 @@ def test_sweep_starts_its_own_server(tmp_path, tiny_weights):
     assert (row["label"], row["weights"], row["model"]) == ("tiny", "tiny", "vq02")
     assert row["queue_delay_us"] == "0" and row["preferred_batch_sizes"] == "2"
     assert float(row["vq02_avg_batch"]) == 1.0 and row["vq06_avg_batch"] == ""
+
+
+def test_csv_sink_appends(tmp_path):
+    path = tmp_path / "x.csv"
+    ps.CsvSink(path).add({"label": "a", "throughput_infer_s": 1.23456})
+    sink = ps.CsvSink(path, append=True)
+    sink.add({"label": "b"})
+    assert [r["label"] for r in sink.rows] == ["a", "b"]
+    assert [r["label"] for r in ps.read_rows([path])] == ["a", "b"]
+    assert ps.read_rows([path])[0]["throughput_infer_s"] == "1.235"
+    assert [r["label"] for r in ps.CsvSink(path).rows] == []  # without append: a new file
+    path.write_text("other,columns\n")
+    with pytest.raises(ps.SweepError):
+        ps.CsvSink(path, append=True)
+
+
+def test_single_server_label_names_non_default_knobs():
+    args = ps.finish_args(ps.build_parser().parse_args(
+        ["--preset", "full", "--instances", "vq02=2", "--num-threads", "1"]))
+    assert [s.label for s in ps.server_specs(args, "full")] == ["full inst=vq02=2 thr=1"]
