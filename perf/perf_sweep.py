@@ -274,12 +274,13 @@ def run_perf_analyzer(binary: str, model: str, protocol: str, url: str, data: Pa
 def window_for(args, concurrency: int, single_s: float, previous: tuple[int, float] | None) -> int:
     """Window length (ms) for one concurrency level. The latency there is predicted from the
     previous level's mean latency (growing in proportion to concurrency once the server is
-    saturated) or, first, from one request alone. A window lasts at least --window-latencies
+    saturated) or, first, from one request alone times the concurrency. A window lasts at least --window-latencies
     such latencies (batches complete in bursts) and long enough for --window-completions
     requests at that rate, between --measurement-interval and --max-window-ms."""
-    latency = single_s
     if previous is not None and previous[1] > 0:
-        latency = max(latency, previous[1] * concurrency / previous[0])
+        latency = max(single_s, previous[1] * concurrency / previous[0])
+    else:  # nothing measured yet: assume requests gain nothing from running together
+        latency = single_s * concurrency
     want = latency * 1000.0 * max(args.window_latencies, args.window_completions / concurrency)
     return int(math.ceil(min(max(args.measurement_interval, want),
                              max(args.max_window_ms, args.measurement_interval))))

@@ -198,6 +198,7 @@ def test_window_grows_with_predicted_latency():
     # first point: one request alone (0.1 s); 6 completions at concurrency 1 → 0.6 s → the 2 s floor
     assert ps.window_for(args, 1, 0.1, None) == 2000
     assert ps.window_for(args, 1, 1.0, None) == 6000
+    assert ps.window_for(args, 8, 1.0, None) == 12000  # first point: 8 requests queued behind each other
     # saturated: latency 0.8 s at 4 → 1.6 s at 8, 1.5 latencies → 2.4 s
     assert ps.window_for(args, 8, 0.1, (4, 0.8)) == 2400
     assert ps.window_for(args, 64, 0.1, (32, 40.0)) == 30000  # capped by --max-window-ms
