@@ -39,7 +39,8 @@ from pathlib import Path
 
 from python_backends.engine_metadata import (Environment, PlanMetadata, atomic_write, check_plan,
                                              metadata_path, onnx_signature, probe_environment,
-                                             read_metadata, sha256_file, write_metadata)
+                                             read_metadata, write_metadata)
+from python_backends.file_io import sha256_file
 from python_backends.engine_profiles import (DEFAULT_OPT_SECONDS, KINDS, VQ02, Limits, Profile,
                                              ProfileError, Tensor, derive_limits, detect_kind,
                                              input_profiles, parse_limit)

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from python_backends.file_io import log_stage, sha256_file
 from python_backends.chunk_encoder import GRAPH_INPUTS, GRAPH_OUTPUTS, ChunkedEncoderQuantizer
 from python_backends.settings import ALGORITHM as A
 from python_backends.settings import CENTROIDS_FILE, PARAFORMER_DIR
@@ -58,13 +59,8 @@ class ExportCheckFailed(RuntimeError):
     """onnxruntime's tokens differ from the PyTorch path's: the file was not written."""
 
 
-@contextlib.contextmanager
 def _stage(name: str, **fields):
-    t0 = time.perf_counter()
-    extra: dict = {}
-    yield extra
-    items = " ".join(f"{k}={v}" for k, v in {**fields, **extra}.items())
-    LOG.info("stage=%s seconds=%.2f%s", name, time.perf_counter() - t0, f" {items}" if items else "")
+    return log_stage(LOG, name, **fields)
 
 
 def code_fingerprint() -> str:
@@ -74,12 +70,6 @@ def code_fingerprint() -> str:
     return h.hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_metadata(onnx_path: Path) -> dict | None:
@@ -239,7 +229,7 @@ def _export_locked(weights: Path, out: Path, opset: int, digest: str, per_file: 
                 "encoder": {"d": model.d, "input_size": model.input_size, "blocks": 1 + len(model.encoders),
                             "heads": model.encoders0[0].heads,
                             "codebook_size": int(model.centroids.shape[0])},
-                "onnx_file": {"name": out.name, "bytes": tmp.stat().st_size, "sha256": _sha256_file(tmp)},
+                "onnx_file": {"name": out.name, "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)},
                 "export_seconds": round(export_seconds, 2),
                 "check": {"passed": True, "features": source, "cases": checks},
             }

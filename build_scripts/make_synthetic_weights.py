@@ -20,7 +20,6 @@ without --force.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -37,8 +36,9 @@ import torch
 from build_scripts import espeak_clips
 from build_scripts.espeak_clips import speech_of_duration
 from build_scripts.synthetic import codebooks, paraformer_dir, speech_tokenizer_onnx as s3
-from build_scripts.synthetic.files import atomic_open, sha256_file, temp_path_for, write_bytes_atomic
+from build_scripts.synthetic.files import atomic_open, temp_path_for, write_bytes_atomic
 from build_scripts.synthetic.presets import PRESETS, Preset, get_preset
+from python_backends.file_io import log_stage, sha256_file
 from python_backends.settings import CENTROIDS_FILE, PARAFORMER_DIR, SPEECH_TOKENIZER_FILE
 
 LOG = logging.getLogger("synthetic_weights")
@@ -61,13 +61,8 @@ class WeightsDirInUse(RuntimeError):
     """DIR holds tokenizer files this generator did not write (maybe real weights)."""
 
 
-@contextlib.contextmanager
 def _stage(name: str, **fields):
-    t0 = time.perf_counter()
-    extra: dict = {}
-    yield extra
-    items = " ".join(f"{k}={v}" for k, v in {**fields, **extra}.items())
-    LOG.info("stage=%s seconds=%.2f%s", name, time.perf_counter() - t0, f" {items}" if items else "")
+    return log_stage(LOG, name, **fields)
 
 
 def _sub_seed(seed: int, purpose: int) -> int:

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Mapping
+
+from .file_io import sha256_file
 
 from .engine_profiles import Profile, Tensor
 
@@ -57,12 +58,6 @@ def metadata_path(plan: str | Path) -> Path:
     return plan.with_name(plan.name + ".json")
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -16,6 +16,7 @@ import torch
 
 from .chunk_encoder import GRAPH_INPUTS, ChunkedEncoderQuantizer, PositionTable, graph_inputs
 from .fbank_frontend import ParaformerFrontend
+from .file_io import sha256_file
 from .paraformer_weights import load_paraformer
 from .settings import ALGORITHM as A
 from .settings import TokenizerSettings
@@ -34,17 +35,11 @@ def weight_files(paraformer_dir: str | Path, centroids_path: str | Path) -> dict
     return files
 
 
-def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weights_digest(paraformer_dir: str | Path, centroids_path: str | Path) -> tuple[str, dict[str, str]]:
     """(combined sha256, {file name: sha256}) of the vq02 source weights."""
-    per_file = {name: _sha256_file(path) for name, path in weight_files(paraformer_dir, centroids_path).items()}
+    per_file = {name: sha256_file(path) for name, path in weight_files(paraformer_dir, centroids_path).items()}
     combined = hashlib.sha256("".join(f"{n}:{h}\n" for n, h in sorted(per_file.items())).encode())
     return combined.hexdigest(), per_file
 

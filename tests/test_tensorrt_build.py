@@ -19,6 +19,7 @@ from onnx import TensorProto, helper
 from build_scripts import build_tensorrt as bt
 from python_backends import engine_metadata as em
 from python_backends import engine_profiles as ep
+from python_backends.file_io import sha256_file
 from python_backends.fbank_frontend import stream_frame_count
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -294,8 +295,8 @@ def test_fp32_build_writes_plan_and_metadata(tmp_path, vq06_onnx):
     side = json.loads(em.metadata_path(plan).read_text())
     assert side["gpu"] == {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
     assert side["tensorrt_version"] == "10.8.0.43" and side["precision"] == "fp32"
-    assert side["onnx"]["sha256"] == em.sha256_file(vq06_onnx)
-    assert side["plan"]["sha256"] == em.sha256_file(plan) and side["plan"]["bytes"] == plan.stat().st_size
+    assert side["onnx"]["sha256"] == sha256_file(vq06_onnx)
+    assert side["plan"]["sha256"] == sha256_file(plan) and side["plan"]["bytes"] == plan.stat().st_size
     assert side["profiles"]["feats"]["max"] == [64, 128, 3000]
     assert side["max_batch_size"] == 16 and side["limits"]["batch"] == [1, 16, 64]
     assert em.read_metadata(plan) == meta

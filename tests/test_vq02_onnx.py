@@ -18,6 +18,7 @@ from build_scripts import export_vq02_onnx as exporter
 from build_scripts.espeak_clips import speech_of_duration
 from build_scripts.make_synthetic_weights import build
 from python_backends.chunk_encoder import GRAPH_INPUTS, GRAPH_OUTPUTS, window_plan
+from python_backends.file_io import sha256_file
 from python_backends.onnx_runtime import onnx_session
 from python_backends.reference.vq02 import ReferenceVq02
 from python_backends.resample import resample
@@ -135,7 +136,7 @@ def test_metadata(weights, exported):
     assert meta["outputs"][0] == {"name": "codes", "dtype": "int32", "shape": ["rows"]}
     assert meta["dynamic_axes"]["feats"] == "frames" and meta["dynamic_axes"]["key_mask"] == "windows"
     assert meta["onnx_file"]["bytes"] == exported.stat().st_size
-    assert meta["onnx_file"]["sha256"] == exporter._sha256_file(exported)
+    assert meta["onnx_file"]["sha256"] == sha256_file(exported)
     check = meta["check"]
     assert check["passed"] and len(check["cases"]) >= 5
     assert all(c["tokens_identical"] for c in check["cases"])
