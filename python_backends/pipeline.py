@@ -28,8 +28,7 @@ class FastTokenizer:
             torch.set_num_threads(settings.num_threads)
         self.settings = settings
         self.vq02 = Vq02Tokenizer.from_settings(settings)
-        self.vq06 = Vq06Tokenizer(str(settings.speech_tokenizer_path), settings.device,
-                                  settings.num_threads)
+        self.vq06 = Vq06Tokenizer.from_settings(settings)
 
     def __call__(self, requests: list[tuple[np.ndarray, int]]) -> list[AudioTokens]:
         audios = [preprocess(w, sr, self.settings) for w, sr in requests]

@@ -198,3 +198,18 @@ def respond_codes(requests: Sequence, tokenizer: Callable, output: str, input_na
     """The vq02 / vq06 models: every request's 16 kHz utterance through one `tokenizer` call."""
     return respond_batched(requests, parse=lambda request: read_audio(request, input_name),
                            run=tokenizer, outputs=lambda codes: [tensor(output, codes)])
+
+
+def tokenizer_instance(args: dict, make: Callable):
+    """The vq02 / vq06 models' tokenizer: `make(settings, engine_client)` on this instance's
+    device and threads; warmed up in process, but not through an engine model, which may not
+    be loaded yet (no BLS during initialize)."""
+    from . import engine_client
+
+    settings = load_settings(args)
+    configure_threads(settings)
+    engine = engine_client.from_model_args(args)
+    tokenizer = make(settings, engine)
+    if engine is None:
+        tokenizer([warmup_audio()])
+    return tokenizer

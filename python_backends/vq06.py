@@ -46,6 +46,11 @@ class Vq06Tokenizer:
             self._run_graph = lambda feats, lengths: engine_client.infer(
                 {"feats": feats, "feats_length": lengths}, ["indices"])["indices"]
 
+    @classmethod
+    def from_settings(cls, settings, engine_client=None) -> "Vq06Tokenizer":
+        return cls(str(settings.speech_tokenizer_path), settings.device, settings.num_threads,
+                   engine_client=engine_client)
+
     def _run(self, mels: list) -> list[np.ndarray]:
         frames = [m.shape[1] for m in mels]
         batch = torch.zeros((len(mels), A.vq06_n_mels, max(frames)), device=self.device)
