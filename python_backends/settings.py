@@ -71,6 +71,9 @@ class TokenizerSettings:
     # that file; None: the export's default path for these weights
     # (build/engines/vq02_encoder.<weights hash>.onnx); a relative path is taken from the project root
     vq02_onnx: str | None = None
+    # "fp32" (tokens identical to the original) or "bf16": the torch engine under bf16 autocast
+    # (AMX/AVX512-BF16 CPUs, GPUs); faster, tokens agree only mostly (perf/RESULTS.md)
+    vq02_precision: str = "fp32"
 
     @property
     def paraformer_dir(self) -> Path:

@@ -23,6 +23,7 @@ from .settings import TokenizerSettings
 
 LOG = logging.getLogger(__name__)
 ENGINES = ("torch", "onnx", "triton")  # triton: an engine model reached by BLS
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENGINE_DIR = PROJECT_ROOT / "build" / "engines"
 # the files whose bytes determine the exported graph (names as recorded in the metadata)
@@ -61,9 +62,13 @@ def _to_numpy(value) -> np.ndarray:
 class Vq02Tokenizer:
     def __init__(self, paraformer_dir: str, centroids_path: str, device: str = "cpu",
                  dither: float | None = None, engine: str = "torch", onnx_path: str | None = None,
-                 num_threads: int = 0, engine_client=None):
+                 num_threads: int = 0, engine_client=None, precision: str = "fp32"):
         if engine not in ENGINES:
             raise ValueError(f"vq02 engine must be one of {ENGINES}, got {engine!r}")
+        if precision not in PRECISIONS or (precision != "fp32" and engine != "torch"):
+            raise ValueError(f"vq02 precision must be one of {tuple(PRECISIONS)} (bf16 with the "
+                             f"torch engine only), got {precision!r} with engine {engine!r}")
+        self.autocast_dtype = PRECISIONS[precision]
         weights = load_paraformer(paraformer_dir)
         self.frontend = ParaformerFrontend(weights.cmvn_shift, weights.cmvn_scale,
                                            weights.dither if dither is None else dither,
@@ -100,7 +105,7 @@ class Vq02Tokenizer:
         return cls(str(settings.paraformer_dir), str(settings.centroids_path), settings.device,
                    settings.dither, engine="triton" if engine_client else settings.vq02_engine,
                    onnx_path=settings.vq02_onnx, num_threads=settings.num_threads,
-                   engine_client=engine_client)
+                   engine_client=engine_client, precision=settings.vq02_precision)
 
     @staticmethod
     def _checked_onnx_path(paraformer_dir, centroids_path, onnx_path: str | None) -> Path:
@@ -140,6 +145,8 @@ class Vq02Tokenizer:
         if self.model is None:
             codes = self._encode_graph(feats, lengths).astype(np.int32, copy=False)
         else:
-            codes, _ = self.model.encode(feats, lengths)
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                                enabled=self.autocast_dtype is not None):
+                codes, _ = self.model.encode(feats, lengths)
             codes = codes.to(torch.int32).cpu().numpy()
         return np.split(codes, np.cumsum(lengths)[:-1])

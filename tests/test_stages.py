@@ -186,3 +186,20 @@ def test_vq06_engine_client_gets_the_padded_batch(settings, fast):
     for got, want in zip(remote(audios), fast.vq06(audios)):
         np.testing.assert_array_equal(got, want)
     assert calls == [((2, 128, 400), [120, 400], ["indices"])]
+
+
+def test_vq02_bf16_precision_mostly_agrees(settings, fast):
+    """bf16 autocast is a speed knob, not a faithful mode: codes keep their shape and mostly agree."""
+    import dataclasses
+
+    from python_backends.vq02 import Vq02Tokenizer
+
+    audios = [clip16k(s, seed=30 + i) for i, s in enumerate([2.0, 6.5])]
+    bf16 = Vq02Tokenizer.from_settings(dataclasses.replace(settings, vq02_precision="bf16"))
+    got, want = bf16(audios), fast.vq02(audios)
+    assert [len(g) for g in got] == [len(w) for w in want]
+    assert all(g.dtype == np.int32 for g in got)
+    agreement = np.mean(np.concatenate(got) == np.concatenate(want))
+    assert agreement > 0.8
+    with pytest.raises(ValueError, match="bf16 with the torch engine only"):
+        Vq02Tokenizer.from_settings(dataclasses.replace(settings, vq02_precision="bf16", vq02_engine="onnx"))
