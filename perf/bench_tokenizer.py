@@ -7,6 +7,7 @@ whether the tokens are identical. Not a test: numbers go to perf/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -82,6 +83,10 @@ def main() -> None:
         "ratio_in_process": round(ref_s / fast_s, 2),
         "identical_in_process": same(ref_out, fast_out),
     }
+    bf16 = FastTokenizer(dataclasses.replace(settings, vq02_precision="bf16"))
+    bf16_s, bf16_out = timed(lambda: bf16([(audio, rate)])[0], args.repeats)
+    rows.update(fast_bf16_vq02_s=round(bf16_s, 3), ratio_bf16=round(ref_s / bf16_s, 2),
+                bf16_vq02_agreement_pct=round(100 * float(np.mean(bf16_out.vq02 == ref_out.vq02)), 2))
     audio16k = reference.preprocess(audio, rate)
     for stage, ref_fn, fast_fn in (
             ("vq02", lambda: reference.vq02(audio16k), lambda: fast.vq02([audio16k])[0]),
