@@ -677,8 +677,8 @@ def plot(rows: list[dict], prefix: Path, title: str = "") -> list[Path]:
             if kind == "latency":
                 ax.set_yscale("log")
         else:  # one concurrency per series (a knob comparison): bars
-            names = [f"{name}\nc={points[0]['concurrency']}" if len({p['concurrency'] for p in points}) == 1
-                     else name for name, points in series.items()]
+            names = [name.replace(" ", "\n") + f"\nc={points[0]['concurrency']}"
+                     for name, points in series.items()]
             pos = np.arange(len(names))
             if kind == "throughput":
                 ax.bar(pos, [_num(p[0]["throughput_infer_s"]) for p in series.values()],
@@ -690,6 +690,8 @@ def plot(rows: list[dict], prefix: Path, title: str = "") -> list[Path]:
                        label="p99", color=colors[1])
             ax.set_xticks(pos, names, fontsize=8)
         ax.set_ylabel("throughput (inferences/s)" if kind == "throughput" else "latency (ms)")
+        if kind == "throughput":
+            ax.set_ylim(bottom=0)
         ax.set_title(f"{title} — {'throughput' if kind == 'throughput' else 'p50 / p99 latency'}"
                      if title else kind)
         ax.grid(True, which="both", alpha=0.3)
@@ -705,7 +707,7 @@ def plot(rows: list[dict], prefix: Path, title: str = "") -> list[Path]:
 
 def table(rows: list[dict]) -> str:
     """A compact text table: one line per row, member columns where the run had them."""
-    head = (f"{'label':<22}{'model':<16}{'proto':<6}{'clip':>5}{'conc':>5}{'infer/s':>9}"
+    head = (f"{'label':<27}{'model':<16}{'proto':<6}{'clip':>5}{'conc':>5}{'infer/s':>9}"
             f"{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}  {'batch pre/02/06/mrg':<20}"
             f"{'queue ms 02/06':<16}{'util 02/06':<11}{'spread':>7}")
     out = [head, "-" * len(head)]
@@ -715,7 +717,7 @@ def table(rows: list[dict]) -> str:
         return "-" if math.isnan(x) else format(x, spec)
 
     for r in rows:
-        ident = (f"{r['label'][:21]:<22}{r['model']:<16}{r['protocol']:<6}{_num(r['clip_s']):>5g}"
+        ident = (f"{r['label'][:26]:<27}{r['model']:<16}{r['protocol']:<6}{_num(r['clip_s']):>5g}"
                  f"{r['concurrency']:>5}")
         if r.get("error"):
             out.append(f"{ident}  error: {r['error'][:90]}")

@@ -299,7 +299,7 @@ def test_sweep_starts_its_own_server(tmp_path, tiny_weights):
     assert len(rows) == 1
     check_rows(rows)
     row = rows[0]
-    assert (row["label"], row["weights"], row["model"]) == ("tiny", "tiny", "vq02")
+    assert (row["label"], row["weights"], row["model"]) == ("tiny qd=0 pref=2", "tiny", "vq02")
     assert row["queue_delay_us"] == "0" and row["preferred_batch_sizes"] == "2"
     assert float(row["vq02_avg_batch"]) == 1.0 and row["vq06_avg_batch"] == ""
 
