@@ -2,7 +2,7 @@
 
     python build_scripts/build_repository.py --weights DIR --out REPO [--device cpu|gpu]
         [--gpus 0,1] [--max-batch-size 16] [--queue-delay-us 2000] [--instances vq02=2,vq06=1]
-        [--max-audio-seconds 120] [--num-threads 0] [--dither D] [--vq02-precision fp32|bf16]
+        [--max-audio-seconds 120] [--num-threads 1] [--dither D] [--vq02-precision fp32|bf16]
         [--gpu-engine none|tensorrt|onnxruntime] [--vq02-engine FILE] [--vq06-engine FILE]
         [--ort-accelerator tensorrt|cuda] [--ort-precision FP32|FP16] [--plan-check auto|require|skip]
 
@@ -83,7 +83,9 @@ class RepositoryOptions:
     queue_delay_us: int = 2000
     instances: tuple[tuple[str, int], ...] = ()  # (model, count); 1 where not given
     max_audio_seconds: float = TokenizerSettings.max_audio_seconds
-    num_threads: int = 0
+    # 1: the member models run side by side, so library defaults (all cores each) oversubscribe
+    # the CPU; perf/RESULTS.md measured 3-8x more throughput under load with 1
+    num_threads: int = 1
     dither: float | None = None
     vq02_precision: str = "fp32"
     gpu_engine: str = "none"  # none | tensorrt | onnxruntime (only with device gpu)
@@ -426,8 +428,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="dynamic batcher max_queue_delay_microseconds")
     parser.add_argument("--instances", default="", help="instances per model, e.g. vq02=2,vq06=1")
     parser.add_argument("--max-audio-seconds", type=float, default=TokenizerSettings.max_audio_seconds)
-    parser.add_argument("--num-threads", type=int, default=0,
-                        help="torch/onnxruntime threads per instance (0: library default)")
+    parser.add_argument("--num-threads", type=int, default=RepositoryOptions.num_threads,
+                        help="torch/onnxruntime threads per instance (default 1; 0: library "
+                             "default, all cores)")
     parser.add_argument("--dither", type=float, default=None,
                         help="fbank dither (default: the Paraformer config's value)")
     parser.add_argument("--vq02-precision", choices=["fp32", "bf16"], default="fp32",

@@ -48,7 +48,7 @@ def test_build_fills_every_config(tmp_path, tiny_weights):
         settings = json.loads(config.parameters["tokenizer_settings"].string_value)
         assert settings == {"device": "cpu", "dither": None, "max_audio_seconds": 120.0,
                             "max_sample_rate": 192000, "min_sample_rate": 8000,
-                            "num_threads": 0, "vq02_engine": "torch", "vq02_onnx": None, "vq02_precision": "fp32",
+                            "num_threads": 1, "vq02_engine": "torch", "vq02_onnx": None, "vq02_precision": "fp32",
                             "weights_dir": str(tiny_weights.resolve())}
         assert set(config.parameters) == {"tokenizer_settings"}
         assert ((repo / model / "1" / "model.py").read_bytes()
