@@ -912,7 +912,8 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(ValueError):
             old = json.loads(meta_path.read_text())
             meta = {"runs": old.get("runs", [old]) + [meta]}
-    meta_path.write_text(json.dumps(meta, indent=1) + "\n")
+    # paths relative to the project: the record says what ran, not where
+    meta_path.write_text(json.dumps(meta, indent=1).replace(f"{ROOT}/", "") + "\n")
     paths = plot(sink.rows, prefix, args.title)
     print()
     print(table(sink.rows))
