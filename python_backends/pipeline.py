@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import torch
 
 from .preprocess import preprocess
 from .settings import TokenizerSettings
@@ -24,8 +23,7 @@ class AudioTokens:
 
 class FastTokenizer:
     def __init__(self, settings: TokenizerSettings):
-        if settings.num_threads:
-            torch.set_num_threads(settings.num_threads)
+        settings.apply_threads()
         self.settings = settings
         self.vq02 = Vq02Tokenizer.from_settings(settings)
         self.vq06 = Vq06Tokenizer.from_settings(settings)

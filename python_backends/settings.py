@@ -87,6 +87,13 @@ class TokenizerSettings:
     def speech_tokenizer_path(self) -> Path:
         return Path(self.weights_dir) / SPEECH_TOKENIZER_FILE
 
+    def apply_threads(self) -> None:
+        """torch's intra-op threads for this process (onnxruntime sessions take num_threads)."""
+        if self.num_threads:
+            import torch
+
+            torch.set_num_threads(self.num_threads)
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 

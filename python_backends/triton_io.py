@@ -55,13 +55,6 @@ def load_settings(args: dict) -> TokenizerSettings:
     return dataclasses.replace(settings, device=instance_device(args))
 
 
-def configure_threads(settings: TokenizerSettings) -> None:
-    if settings.num_threads:
-        import torch
-
-        torch.set_num_threads(settings.num_threads)
-
-
 def warmup_audio(seconds: float = 1.0, sample_rate: int = 16000) -> np.ndarray:
     """Deterministic noise to run once in initialize(): the first real request then does not
     pay for numba compilation, onnxruntime's first-run setup or torch's lazy init."""
@@ -207,7 +200,7 @@ def tokenizer_instance(args: dict, make: Callable):
     from . import engine_client
 
     settings = load_settings(args)
-    configure_threads(settings)
+    settings.apply_threads()
     engine = engine_client.from_model_args(args)
     tokenizer = make(settings, engine)
     if engine is None:
