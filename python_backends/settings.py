@@ -100,3 +100,96 @@ class TokenizerSettings:
     @classmethod
     def from_json(cls, text: str) -> "TokenizerSettings":
         return cls(**json.loads(text))
+
+
+# ------------------------------------------------------------------ Step-Audio-EditX (LLM + decoder)
+
+LLM_CONFIG_FILE = "config.json"
+TEXT_TOKENIZER_FILE = "tokenizer.model"
+TEXT_TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+COSYVOICE_DIR = "CosyVoice-300M-25Hz"
+
+
+@dataclasses.dataclass(frozen=True)
+class LlmAlgorithm:
+    """Constants of the original clone generation (step_audio_internals.md §2.3-2.6)."""
+
+    bos_id: int = 1
+    eot_id: int = 3  # <|EOT|>: the stop token
+    bot_id: int = 4  # <|BOT|>
+    audio_token_offset: int = 65536  # <audio_N> = 65536 + N
+    audio_tokens: int = 5120  # N in [0, 5119]: 1024 vq02 + 4096 vq06
+    max_length: int = 8192  # HF generate(max_length=...): prompt + generated
+    temperature: float = 0.7
+    top_k: int = 50
+    repetition_window: int = 10  # RepetitionAwareLogitsProcessor: last 10 ids
+    repetition_ratio: float = 0.1  # ban the newest id when count / window > this
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderAlgorithm:
+    """Constants of the CosyVoice decoder as EditX runs it (step_audio_internals.md §3)."""
+
+    output_sample_rate: int = 24000
+    samples_per_row: int = 960  # 25 Hz token rows → 2 mel frames → 2 × 480 samples
+    mel_bins: int = 80
+    mel_n_fft: int = 1920
+    mel_hop: int = 480
+    mel_fmax: float = 8000.0
+    speaker_sample_rate: int = 16000
+    speaker_dim: int = 192
+    flow_steps: int = 10
+    cfg_rate: float = 0.7
+    vq02_pad: int = 1024  # reshape: vq02 column pad id
+    vq06_shift: int = 1025  # reshape: vq06 column = raw vq06 id (1024-based) + 1
+    noise_frames: int = 30000  # the flow's fixed start-noise buffer randn(1, 80, 30000)
+
+
+LLM = LlmAlgorithm()
+DECODER = DecoderAlgorithm()
+
+
+@dataclasses.dataclass(frozen=True)
+class EditxSettings:
+    """Deployment settings of the LLM and decoder models (a Step-Audio-EditX weights directory:
+    config.json, model-*.safetensors, tokenizer.model, CosyVoice-300M-25Hz/)."""
+
+    editx_dir: str
+    device: str = "cpu"
+    dtype: str = "float32"  # LLM / flow / HiFT compute dtype: float32 | bfloat16
+    num_threads: int = 0  # 0: leave torch / onnxruntime defaults
+    # each E(...) of the prompt template starts with <s> (LlamaTokenizer's add_bos_token default,
+    # EditX's tokenizer_config.json sets nothing); False: the chat-template variant (§2.4)
+    inner_bos: bool = True
+    max_prompt_text_chars: int = 1000
+    max_target_text_chars: int = 1000
+    max_prompt_seconds: float = 30.0
+    min_prompt_seconds: float = 0.5
+    max_length: int = LLM.max_length  # LLM total length limit (prompt + generated)
+    max_active_sequences: int = 16  # LLM continuous batch: sequences decoded together per step
+    prompt_cache_entries: int = 64  # clone: prompt tokens / speaker features kept per voice
+
+    @property
+    def llm_dir(self) -> Path:
+        return Path(self.editx_dir)
+
+    @property
+    def cosyvoice_dir(self) -> Path:
+        return Path(self.editx_dir) / COSYVOICE_DIR
+
+    @property
+    def text_tokenizer_path(self) -> Path:
+        return Path(self.editx_dir) / TEXT_TOKENIZER_FILE
+
+    def apply_threads(self) -> None:
+        if self.num_threads:
+            import torch
+
+            torch.set_num_threads(self.num_threads)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "EditxSettings":
+        return cls(**json.loads(text))
