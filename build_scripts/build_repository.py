@@ -5,6 +5,9 @@
         [--max-audio-seconds 120] [--num-threads 1] [--dither D] [--vq02-precision fp32|bf16]
         [--gpu-engine none|tensorrt|onnxruntime] [--vq02-engine FILE] [--vq06-engine FILE]
         [--ort-accelerator tensorrt|cuda] [--ort-precision FP32|FP16] [--plan-check auto|require|skip]
+        [--placement vq02=0,vq06=1,llm=0,decoder=1,prompt=1|auto]
+        [--editx DIR [--editx-dtype float32|bfloat16] [--max-text-chars N] [--max-prompt-seconds S]
+         [--llm-max-length N] [--max-active-sequences N] [--prompt-cache-entries N] [--no-inner-bos]]
 
 Fills `model_repository/<model>/config.pbtxt.template` into `REPO/<model>/config.pbtxt`, copies
 each `1/model.py`, and writes the settings (absolute weight paths, limits, threads) into every
@@ -12,9 +15,16 @@ config's `tokenizer_settings` parameter. The weights directory is checked first;
 is named. Running it again with the same arguments rewrites nothing (idempotent); other
 folders in REPO are left alone.
 
+With `--editx` (a Step-Audio-EditX weights directory) the repository also holds the clone
+stages: speaker_embedding, prompt_features, the prompt_encoder ensemble, prompt_builder,
+llm_stream (decoupled, the weights) and llm (HTTP / unary gRPC), token2wav, and the entry
+points clone and clone_stream; their settings go into each config's `editx_settings`.
+
 Devices. `--device cpu` (our CPU tritonserver has only the Python backend): every model is a
-Python model; vq02/vq06 run torch / ONNX Runtime in-process. `--device gpu`: vq02/vq06 get
-KIND_GPU instances on `--gpus` (preprocess and token_merge stay on the CPU), and with
+Python model; vq02/vq06 run torch / ONNX Runtime in-process. `--device gpu`: vq02/vq06 (and
+with --editx speaker_embedding, prompt_features, llm_stream, token2wav) get KIND_GPU
+instances on `--gpus`, or on the GPU `--placement` gives their stage (preprocess,
+token_merge, prompt_builder and the BLS entry points stay on the CPU), and with
 `--gpu-engine` the repository gains the engine models `vq02_encoder` and `vq06_encoder`:
 
 * `tensorrt`: `platform: "tensorrt_plan"`; `--vq02-engine` / `--vq06-engine` are plans from
@@ -39,9 +49,11 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from build_scripts import placement as pl
 from python_backends import engine_metadata as em
 from python_backends import engine_profiles as ep
-from python_backends.settings import (CENTROIDS_FILE, PARAFORMER_DIR, SPEECH_TOKENIZER_FILE,
+from python_backends.settings import (CENTROIDS_FILE, COSYVOICE_DIR, LLM_CONFIG_FILE, PARAFORMER_DIR,
+                                      SPEECH_TOKENIZER_FILE, TEXT_TOKENIZER_FILE, EditxSettings,
                                       TokenizerSettings)
 
 LOG = logging.getLogger("build_repository")
@@ -51,7 +63,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = PROJECT_ROOT / "model_repository"
 MODELS = ("preprocess", "vq02", "vq06", "token_merge", "audio_tokenizer")
 PYTHON_MODELS = ("preprocess", "vq02", "vq06", "token_merge")
-ACCELERATED = ("vq02", "vq06")  # KIND_GPU with --device gpu; the others always run on CPU
+# with --editx: the LLM, the decoder and the clone entry points
+EDITX_MODELS = ("speaker_embedding", "prompt_features", "prompt_encoder", "prompt_builder",
+                "llm_stream", "llm", "token2wav", "clone", "clone_stream")
+EDITX_PYTHON_MODELS = tuple(m for m in EDITX_MODELS if m != "prompt_encoder")
 ENGINE_OF = {"vq02": ep.VQ02, "vq06": ep.VQ06}  # Python model → its engine model (GPU only)
 ENGINE_MODELS = tuple(ENGINE_OF.values())
 GPU_ENGINES = ("none", "tensorrt", "onnxruntime")
@@ -69,6 +84,18 @@ REQUIRED_WEIGHTS = (
     (CENTROIDS_FILE, "the vq02 k-means centroids"),
     (SPEECH_TOKENIZER_FILE, "the vq06 speech tokenizer ONNX"),
 )
+REQUIRED_EDITX = (
+    (LLM_CONFIG_FILE, "the Step1 LLM config"),
+    (TEXT_TOKENIZER_FILE, "the SentencePiece text tokenizer"),
+    (f"{COSYVOICE_DIR}/cosyvoice.yaml", "the decoder config"),
+    (f"{COSYVOICE_DIR}/flow.pt", "the flow weights"),
+    (f"{COSYVOICE_DIR}/hift.pt", "the HiFT vocoder weights"),
+    (f"{COSYVOICE_DIR}/campplus.onnx", "the CAM++ speaker model"),
+)
+LLM_DTYPES = ("float32", "bfloat16")
+# --instances applies to these; llm_stream holds one continuous batch (one instance per GPU),
+# llm / clone answer from worker threads
+INSTANCED_EDITX = ("speaker_embedding", "prompt_features", "prompt_builder", "token2wav")
 
 
 class BuildError(RuntimeError):
@@ -94,6 +121,15 @@ class RepositoryOptions:
     ort_accelerator: str = "tensorrt"  # onnxruntime engines: tensorrt | cuda provider
     ort_precision: str = "FP32"  # onnxruntime TensorRT provider precision
     plan_check: str = "auto"  # auto | require | skip: GPU name / TensorRT version of plans
+    placement: tuple[tuple[str, int], ...] = ()  # (group, gpu): build_scripts/placement.py
+    # --editx models (EditxSettings)
+    editx_dtype: str = "float32"  # LLM / flow / HiFT compute dtype
+    inner_bos: bool = EditxSettings.inner_bos
+    max_text_chars: int = EditxSettings.max_target_text_chars
+    max_prompt_seconds: float = EditxSettings.max_prompt_seconds
+    llm_max_length: int = EditxSettings.max_length
+    max_active_sequences: int = EditxSettings.max_active_sequences
+    prompt_cache_entries: int = EditxSettings.prompt_cache_entries
 
     def instance_count(self, model: str) -> int:
         return dict(self.instances).get(model, 1)
@@ -114,6 +150,18 @@ def check_weights(weights: str | Path) -> Path:
     return weights
 
 
+def check_editx(editx: str | Path) -> Path:
+    editx = Path(editx).expanduser().resolve()
+    if not editx.is_dir():
+        raise BuildError(f"EditX weights directory {editx} does not exist")
+    missing = [f"{editx / rel} ({what})" for rel, what in REQUIRED_EDITX if not (editx / rel).is_file()]
+    if not any(editx.glob("model*.safetensors")):
+        missing.append(f"{editx}/model-*.safetensors (the Step1 LLM weights)")
+    if missing:
+        raise BuildError("EditX weights directory is incomplete; missing: " + ", ".join(missing))
+    return editx
+
+
 def parse_instances(text: str | None) -> tuple[tuple[str, int], ...]:
     """"vq02=2,vq06=1" → (("vq02", 2), ("vq06", 1))."""
     if not text:
@@ -121,10 +169,10 @@ def parse_instances(text: str | None) -> tuple[tuple[str, int], ...]:
     out = []
     for item in text.split(","):
         name, sep, count = item.strip().partition("=")
-        if (not sep or name not in PYTHON_MODELS + ENGINE_MODELS or not count.strip().isdigit()
-                or int(count) < 1):
+        known = PYTHON_MODELS + ENGINE_MODELS + INSTANCED_EDITX
+        if not sep or name not in known or not count.strip().isdigit() or int(count) < 1:
             raise BuildError(f"--instances entry '{item.strip()}' is not MODEL=N with MODEL one of "
-                             f"{', '.join(PYTHON_MODELS + ENGINE_MODELS)} and N >= 1")
+                             f"{', '.join(known)} and N >= 1")
         out.append((name, int(count)))
     return tuple(out)
 
@@ -136,18 +184,22 @@ def pbtxt_string(text: str) -> str:
 
 
 def template_values(settings: TokenizerSettings, options: RepositoryOptions,
-                    engines: dict[str, "Engine"] | None = None) -> dict[str, str]:
+                    engines: dict[str, "Engine"] | None = None,
+                    editx: EditxSettings | None = None) -> dict[str, str]:
     gpu = options.device == "gpu"
     values = {
         "max_batch_size": str(options.max_batch_size),
         "queue_delay_us": str(options.queue_delay_us),
-        "accelerator_kind": "KIND_GPU" if gpu else "KIND_CPU",
-        "accelerator_gpus": f"\n    gpus: [ {', '.join(map(str, options.gpus))} ]" if gpu else "",
         "tokenizer_settings": pbtxt_string(settings.to_json()),
-        "engine_gpus": ", ".join(map(str, options.gpus)),
+        "editx_settings": pbtxt_string(editx.to_json() if editx else "{}"),
     }
-    for model in PYTHON_MODELS:
+    for model, gpus in pl.model_gpus(dict(options.placement), options.gpus).items():
+        values[f"{model}_kind"] = "KIND_GPU" if gpu else "KIND_CPU"
+        values[f"{model}_gpus"] = f"\n    gpus: [ {', '.join(map(str, gpus))} ]" if gpu else ""
+        values[f"{model}_gpu_list"] = ", ".join(map(str, gpus))
+    for model in PYTHON_MODELS + INSTANCED_EDITX:
         values[f"{model}_instances"] = str(options.instance_count(model))
+    values["llm_stream_instances"] = "1"
     for model, engine_model in ENGINE_OF.items():
         engine = (engines or {}).get(engine_model)
         values[f"{model}_engine_parameter"] = "" if engine is None else (
@@ -311,8 +363,13 @@ def copy_if_changed(src: Path, dst: Path) -> bool:
 
 
 def remove_stale_engines(out: Path) -> None:
-    """Engine model folders an earlier --gpu-engine build wrote (ours by their config header)."""
-    for model in ENGINE_MODELS:
+    """Engine model folders an earlier --gpu-engine build wrote."""
+    remove_generated(out, ENGINE_MODELS)
+
+
+def remove_generated(out: Path, models: tuple[str, ...]) -> None:
+    """Model folders an earlier build wrote (ours by their config header) that this one does not."""
+    for model in models:
         config = out / model / "config.pbtxt"
         if config.is_file() and config.read_text(encoding="utf-8").startswith(GENERATED_HEADER):
             shutil.rmtree(out / model)
@@ -358,10 +415,31 @@ def write_if_changed(path: Path, data: bytes) -> bool:
     return True
 
 
+def editx_settings(editx: Path, options: RepositoryOptions) -> EditxSettings:
+    if options.editx_dtype not in LLM_DTYPES:
+        raise BuildError(f"--editx-dtype must be one of {', '.join(LLM_DTYPES)}, not '{options.editx_dtype}'")
+    if options.max_text_chars < 1 or not options.max_prompt_seconds > 0:
+        raise BuildError("--max-text-chars must be >= 1 and --max-prompt-seconds > 0")
+    if options.llm_max_length < 2 or options.max_active_sequences < 1 or options.prompt_cache_entries < 0:
+        raise BuildError("--llm-max-length must be >= 2, --max-active-sequences >= 1 and "
+                         "--prompt-cache-entries >= 0")
+    return EditxSettings(editx_dir=str(editx), dtype=options.editx_dtype,
+                         num_threads=int(options.num_threads), inner_bos=options.inner_bos,
+                         max_prompt_text_chars=options.max_text_chars,
+                         max_target_text_chars=options.max_text_chars,
+                         max_prompt_seconds=float(options.max_prompt_seconds),
+                         max_length=options.llm_max_length,
+                         max_active_sequences=options.max_active_sequences,
+                         prompt_cache_entries=options.prompt_cache_entries)
+
+
 def build(weights: str | Path, out: str | Path, options: RepositoryOptions = RepositoryOptions(),
-          probe: Callable[[int], em.Environment] = em.probe_environment) -> Path:
+          probe: Callable[[int], em.Environment] = em.probe_environment,
+          editx: str | Path | None = None) -> Path:
     """Write the model repository into `out`; returns its absolute path. `probe` finds the GPU
-    and TensorRT a plan is checked against (tests pass a stand-in)."""
+    and TensorRT a plan is checked against (tests pass a stand-in). With `editx` (a
+    Step-Audio-EditX weights directory) the repository also serves the LLM, the decoder and
+    the `clone` / `clone_stream` entry points."""
     if options.device not in ("cpu", "gpu"):
         raise BuildError(f"--device must be cpu or gpu, not '{options.device}'")
     if options.gpu_engine not in GPU_ENGINES:
@@ -385,7 +463,10 @@ def build(weights: str | Path, out: str | Path, options: RepositoryOptions = Rep
         raise BuildError("--max-audio-seconds must be > 0")
     if options.num_threads < 0:
         raise BuildError("--num-threads must be >= 0")
+    if options.placement and options.device != "gpu":
+        raise BuildError("--placement needs --device gpu")
     weights = check_weights(weights)
+    editx_config = editx_settings(check_editx(editx), options) if editx is not None else None
     settings = TokenizerSettings(weights_dir=str(weights), device="cpu",
                                  max_audio_seconds=float(options.max_audio_seconds),
                                  num_threads=int(options.num_threads), dither=options.dither,
@@ -394,13 +475,14 @@ def build(weights: str | Path, out: str | Path, options: RepositoryOptions = Rep
     if options.engines:
         for model, source in engine_sources(weights, options).items():
             engines[model] = prepare_engine(model, source, options, probe)
-    values = template_values(settings, options, engines)
+    values = template_values(settings, options, engines, editx_config)
     out = Path(out).expanduser().resolve()
-    for model in MODELS + tuple(engines):
+    served = MODELS + tuple(engines) + (EDITX_MODELS if editx_config else ())
+    for model in served:
         write_if_changed(out / model / "config.pbtxt", fill_template(model, values).encode("utf-8"))
         version = out / model / "1"
         version.mkdir(parents=True, exist_ok=True)
-        if model in PYTHON_MODELS:
+        if model in PYTHON_MODELS + EDITX_PYTHON_MODELS:
             write_if_changed(version / "model.py", (TEMPLATES / model / "1" / "model.py").read_bytes())
     for model, engine in engines.items():
         version = out / model / "1"
@@ -413,12 +495,17 @@ def build(weights: str | Path, out: str | Path, options: RepositoryOptions = Rep
             write_if_changed(em.metadata_path(version / engine.filename), meta_src.read_bytes())
     if not engines:
         remove_stale_engines(out)
+    if editx_config is None:
+        remove_generated(out, EDITX_MODELS)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", required=True, help="Step-Audio-Tokenizer weights directory")
+    parser.add_argument("--editx", default=None,
+                        help="Step-Audio-EditX weights directory: adds the LLM, the decoder and "
+                             "the clone / clone_stream entry points")
     parser.add_argument("--out", required=True, help="model repository to write")
     parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"),
                         help="where vq02/vq06 run (preprocess and token_merge stay on CPU)")
@@ -450,6 +537,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan-check", default="auto", choices=PLAN_CHECKS,
                         help="refuse plans built for another GPU/TensorRT: auto = when a GPU is "
                              "visible here, require = always, skip = never (profiles are always checked)")
+    parser.add_argument("--placement", default="",
+                        help="--device gpu: GPU per stage, e.g. vq02=0,vq06=1,llm=0,decoder=1,prompt=1, "
+                             "or 'auto' (stages not named run on --gpus)")
+    parser.add_argument("--editx-dtype", default="float32", choices=LLM_DTYPES,
+                        help="LLM / flow / HiFT compute dtype (the original runs bfloat16)")
+    parser.add_argument("--no-inner-bos", dest="inner_bos", action="store_false",
+                        help="prompt template without <s> at each encoded piece (chat-template variant)")
+    parser.add_argument("--max-text-chars", type=int, default=RepositoryOptions.max_text_chars,
+                        help="longest prompt / target text accepted")
+    parser.add_argument("--max-prompt-seconds", type=float, default=RepositoryOptions.max_prompt_seconds)
+    parser.add_argument("--llm-max-length", type=int, default=RepositoryOptions.llm_max_length,
+                        help="LLM total length (prompt + generated), as the original's max_length")
+    parser.add_argument("--max-active-sequences", type=int,
+                        default=RepositoryOptions.max_active_sequences,
+                        help="LLM continuous batch: sequences decoded together")
+    parser.add_argument("--prompt-cache-entries", type=int,
+                        default=RepositoryOptions.prompt_cache_entries,
+                        help="clone: voices whose prompt tokens and features are kept (0: no cache)")
     args = parser.parse_args(argv)
     try:
         gpus = tuple(int(g) for g in args.gpus.split(",") if g.strip())
@@ -465,9 +570,14 @@ def main(argv: list[str] | None = None) -> int:
             dither=args.dither, vq02_precision=args.vq02_precision,
             gpu_engine=args.gpu_engine, vq02_engine=args.vq02_engine,
             vq06_engine=args.vq06_engine, ort_accelerator=args.ort_accelerator,
-            ort_precision=args.ort_precision, plan_check=args.plan_check)
-        out = build(args.weights, args.out, options)
-    except BuildError as exc:
+            ort_precision=args.ort_precision, plan_check=args.plan_check,
+            placement=tuple(pl.parse_placement(args.placement).items()),
+            editx_dtype=args.editx_dtype, inner_bos=args.inner_bos,
+            max_text_chars=args.max_text_chars, max_prompt_seconds=args.max_prompt_seconds,
+            llm_max_length=args.llm_max_length, max_active_sequences=args.max_active_sequences,
+            prompt_cache_entries=args.prompt_cache_entries)
+        out = build(args.weights, args.out, options, editx=args.editx)
+    except (BuildError, pl.PlacementError) as exc:
         print(f"build_repository: error: {exc}", file=sys.stderr)
         return 2
     print(out)

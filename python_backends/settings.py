@@ -143,6 +143,7 @@ class DecoderAlgorithm:
     vq02_pad: int = 1024  # reshape: vq02 column pad id
     vq06_shift: int = 1025  # reshape: vq06 column = raw vq06 id (1024-based) + 1
     noise_frames: int = 30000  # the flow's fixed start-noise buffer randn(1, 80, 30000)
+    prompt_peak_cap: float = 0.6  # EditX caps the prompt's peak at 0.6 before mel / CAM++ / tokens
 
 
 LLM = LlmAlgorithm()
@@ -165,9 +166,17 @@ class EditxSettings:
     max_target_text_chars: int = 1000
     max_prompt_seconds: float = 30.0
     min_prompt_seconds: float = 0.5
+    min_prompt_peak: float = 1e-3  # a quieter prompt (below -60 dBFS) is refused as silent
+    min_sample_rate: int = 8000
+    max_sample_rate: int = 192000
     max_length: int = LLM.max_length  # LLM total length limit (prompt + generated)
     max_active_sequences: int = 16  # LLM continuous batch: sequences decoded together per step
     prompt_cache_entries: int = 64  # clone: prompt tokens / speaker features kept per voice
+
+    @property
+    def max_audio_seconds(self) -> float:
+        """The name python_backends.preprocess.validate reads."""
+        return self.max_prompt_seconds
 
     @property
     def llm_dir(self) -> Path:

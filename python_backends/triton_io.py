@@ -126,7 +126,7 @@ def error_response(exc: BaseException):
         f"internal error: {type(exc).__name__}: {exc}", utils.TritonError.INTERNAL))
 
 
-def _log_internal(exc: BaseException) -> None:
+def log_internal(exc: BaseException) -> None:
     text = "".join(traceback.format_exception(exc))
     try:
         pb().Logger.log_error(text)
@@ -143,7 +143,7 @@ def respond_each(requests: Sequence, handle: Callable) -> list:
             responses.append(pb().InferenceResponse(output_tensors=handle(request)))
         except Exception as exc:  # noqa: BLE001 - every failure becomes that request's response
             if not isinstance(exc, InvalidInput):
-                _log_internal(exc)
+                log_internal(exc)
             responses.append(error_response(exc))
     return responses
 
@@ -164,7 +164,7 @@ def respond_batched(requests: Sequence, parse: Callable, run: Callable, outputs:
             slots.append(i)
         except Exception as exc:  # noqa: BLE001
             if not isinstance(exc, InvalidInput):
-                _log_internal(exc)
+                log_internal(exc)
             responses[i] = error_response(exc)
     if items:
         try:
@@ -173,7 +173,7 @@ def respond_batched(requests: Sequence, parse: Callable, run: Callable, outputs:
                 raise RuntimeError(f"got {len(results)} results for {len(items)} requests")
         except Exception as exc:  # noqa: BLE001
             if not isinstance(exc, InvalidInput):
-                _log_internal(exc)
+                log_internal(exc)
             for i in slots:
                 responses[i] = error_response(exc)
             return responses
@@ -181,7 +181,7 @@ def respond_batched(requests: Sequence, parse: Callable, run: Callable, outputs:
             try:
                 responses[i] = pb().InferenceResponse(output_tensors=outputs(result))
             except Exception as exc:  # noqa: BLE001
-                _log_internal(exc)
+                log_internal(exc)
                 responses[i] = error_response(exc)
     return responses
 
