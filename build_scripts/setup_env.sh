@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One idempotent setup step for `bash run.sh demo|test`:
-#   - Debian packages: espeak-ng (test speech), libb64-0d (perf_analyzer), and libpython3.11
+#   - Debian packages: espeak-ng (test speech), libb64-0d (perf_analyzer), docker-compose
+#     (tests validate docker-compose.yml), and libpython3.11
 #     only if no libpython3.11.so.1.0 exists for the Python backend's stub; each only when missing
 #   - .venv made with python3.11 when missing
 #   - `pip install --no-deps -r requirements.lock` when the lock file changed (stamp in .venv)
@@ -22,7 +23,7 @@ as_root() {
 }
 
 missing=()
-for pkg in espeak-ng libb64-0d; do
+for pkg in espeak-ng libb64-0d docker-compose; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 PYTHON="${PYTHON:-python3.11}"
