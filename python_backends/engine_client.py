@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -28,7 +28,12 @@ ENGINE_PARAMETER = "engine_model"
 
 
 class EngineError(RuntimeError):
-    """The engine model answered with an error (or without a requested output)."""
+    """The called model answered with an error (or without a requested output).
+    `invalid_input`: it refused the request's input (INVALID_ARG), not failed by itself."""
+
+    def __init__(self, message: str, invalid_input: bool = False):
+        super().__init__(message)
+        self.invalid_input = invalid_input
 
 
 def _pb():
@@ -74,21 +79,39 @@ class EngineClient:
             self._pb = _pb()
         return self._pb
 
-    def infer(self, inputs: Mapping[str, object], outputs: Sequence[str]) -> dict[str, object]:
+    def _request(self, inputs: Mapping[str, object], outputs: Sequence[str]):
         pb = self.pb
-        request = pb.InferenceRequest(
+        return pb.InferenceRequest(
             model_name=self.model_name, requested_output_names=list(outputs),
             inputs=[to_pb_tensor(pb, name, value) for name, value in inputs.items()])
-        response = request.exec()
+
+    def _outputs(self, response, outputs: Sequence[str]) -> dict[str, object]:
         if response.has_error():
-            raise EngineError(f"engine model '{self.model_name}' failed: {response.error().message()}")
+            error = response.error()
+            codes = getattr(self.pb, "TritonError", None)
+            invalid = codes is not None and hasattr(error, "code") and error.code() == codes.INVALID_ARG
+            raise EngineError(f"model '{self.model_name}' failed: {error.message()}",
+                              invalid_input=invalid)
         result = {}
         for name in outputs:
-            tensor = pb.get_output_tensor_by_name(response, name)
+            tensor = self.pb.get_output_tensor_by_name(response, name)
             if tensor is None:
-                raise EngineError(f"engine model '{self.model_name}' returned no output '{name}'")
+                raise EngineError(f"model '{self.model_name}' returned no output '{name}'")
             result[name] = from_pb_tensor(tensor)
         return result
+
+    def infer(self, inputs: Mapping[str, object], outputs: Sequence[str]) -> dict[str, object]:
+        return self._outputs(self._request(inputs, outputs).exec(), outputs)
+
+    def stream(self, inputs: Mapping[str, object], outputs: Sequence[str]) -> Iterator[dict[str, object]]:
+        """A decoupled model's responses, each with the outputs it carries (an empty final
+        response yields nothing)."""
+        for response in self._request(inputs, outputs).exec(decoupled=True):
+            if response.has_error():
+                self._outputs(response, outputs)
+            present = [n for n in outputs if self.pb.get_output_tensor_by_name(response, n) is not None]
+            if present:
+                yield self._outputs(response, present)
 
 
 def engine_model_name(args: Mapping) -> str | None:

@@ -11,3 +11,11 @@ class InvalidInput(ValueError):
         self.problem = problem
         self.allowed = allowed
         super().__init__(f"input '{input_name}': {problem}; allowed: {allowed}")
+
+
+class ForwardedInvalidInput(InvalidInput):
+    """A called model (BLS) refused the input: its message is passed on unchanged."""
+
+    def __init__(self, message: str):
+        ValueError.__init__(self, message)
+        self.input_name, self.problem, self.allowed = "", message, ""

@@ -172,6 +172,7 @@ class EditxSettings:
     max_length: int = LLM.max_length  # LLM total length limit (prompt + generated)
     max_active_sequences: int = 16  # LLM continuous batch: sequences decoded together per step
     prompt_cache_entries: int = 64  # clone: prompt tokens / speaker features kept per voice
+    stream_chunk_seconds: float = 1.0  # clone_stream: audio per response
 
     @property
     def max_audio_seconds(self) -> float:

@@ -329,7 +329,7 @@ def test_engine_client_sends_bls_requests():
         client.infer({"feats": feats}, ["enc"])
     failing = engine_client.EngineClient("vq06_encoder", FakePb(error="shape [1,128,4000] exceeds profile"))
     with pytest.raises(engine_client.EngineError,
-                       match=r"engine model 'vq06_encoder' failed: shape \[1,128,4000\] exceeds profile"):
+                       match=r"model 'vq06_encoder' failed: shape \[1,128,4000\] exceeds profile"):
         failing.infer({"feats": np.zeros((1, 128, 4000), np.float32)}, ["indices"])
 
 

@@ -1,0 +1,172 @@
+"""The `clone` / `clone_stream` entry points: one request → speech in the prompt's voice.
+
+Stages, each a Triton model called by BLS (python_backends/engine_client.py):
+
+    prompt_encoder (ensemble: speaker_embedding ∥ prompt_features → audio_tokenizer)
+        skipped when the voice is in the PromptCache
+    prompt_builder   prompt text + target text + audio tokens → LLM ids (EditX clone template)
+    llm_stream       Step1 generation in the shared continuous batch (decoupled)
+    token2wav        flow + HiFT → 24 kHz waveform
+
+BLS rather than an ensemble because the cache skips a stage conditionally and the LLM is a
+decoupled model; the straight data flow (prompt_encoder) is an ensemble.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Callable
+
+import numpy as np
+
+from . import triton_io
+from .engine_client import EngineClient, EngineError
+from .errors import ForwardedInvalidInput, InvalidInput
+from .prompt_cache import PromptCache, PromptFeatures, prompt_key
+from .settings import DECODER, EditxSettings
+
+LOG = logging.getLogger("clone")
+
+
+@dataclasses.dataclass(frozen=True)
+class CloneRequest:
+    waveform: np.ndarray  # interleaved float32
+    sample_rate: int
+    channels: int
+    prompt_text: bytes
+    target_text: bytes
+    seed: int
+    generation: dict  # optional llm inputs the client sent: max_length, temperature, top_k, greedy
+
+
+def read_text(request, name: str) -> bytes:
+    """A BYTES [1] input, checked to be UTF-8 (its content is checked by prompt_builder)."""
+    tensor = triton_io.pb().get_input_tensor_by_name(request, name)
+    if tensor is None:
+        raise InvalidInput(name, "is missing", "every request must carry it")
+    values = tensor.as_numpy().reshape(-1)
+    if values.size != 1:
+        raise InvalidInput(name, f"holds {values.size} strings", "exactly one UTF-8 string")
+    raw = values[0] if isinstance(values[0], bytes) else str(values[0]).encode("utf-8")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(name, f"is not valid UTF-8 (byte {exc.start})", "UTF-8 text") from None
+    return raw
+
+
+def read_clone_request(request) -> CloneRequest:
+    io = triton_io
+    generation = {}
+    for name, dtype in (("max_length", np.int32), ("temperature", np.float32),
+                        ("top_k", np.int32), ("greedy", np.bool_)):
+        value = io.read_utterance(request, name, dtype, optional=True)
+        if value is not None:
+            generation[name] = value
+    seed = io.read_utterance(request, "seed", np.int64, optional=True)
+    return CloneRequest(
+        waveform=io.read_utterance(request, "waveform", np.float32),
+        sample_rate=io.read_scalar(request, "sample_rate"),
+        channels=io.read_scalar(request, "channels", default=1),
+        prompt_text=read_text(request, "prompt_text"),
+        target_text=read_text(request, "target_text"),
+        seed=int(seed[0]) if seed is not None else int.from_bytes(os.urandom(7), "little"),
+        generation=generation)
+
+
+def _batched(value) -> np.ndarray:
+    """One request's value with the batch dimension (1) in front, as the models expect."""
+    array = np.asarray(value)
+    return array[None] if array.ndim else array.reshape(1, 1)
+
+
+def _text(value: bytes) -> np.ndarray:
+    return np.array([[value]], dtype=np.object_)
+
+
+class ClonePipeline:
+    def __init__(self, settings: EditxSettings, cache: PromptCache,
+                 client: Callable[[str], EngineClient] = EngineClient):
+        self.settings = settings
+        self.cache = cache
+        self.models = {name: client(name) for name in
+                       ("prompt_encoder", "prompt_builder", "llm_stream", "token2wav")}
+
+    def _call(self, model: str, inputs: dict, outputs: list[str]) -> dict:
+        try:
+            return self.models[model].infer(inputs, outputs)
+        except EngineError as exc:
+            if exc.invalid_input:
+                raise ForwardedInvalidInput(str(exc).split(" failed: ", 1)[-1]) from None
+            raise
+
+    def prompt_features(self, req: CloneRequest) -> tuple[PromptFeatures, bool]:
+        def encode() -> PromptFeatures:
+            out = self._call("prompt_encoder", {
+                "waveform": _batched(req.waveform), "sample_rate": _batched(np.int32(req.sample_rate)),
+                "channels": _batched(np.int32(req.channels))},
+                ["merged_ids", "token_str", "prompt_mel", "speaker_embedding"])
+            return PromptFeatures(merged_ids=out["merged_ids"][0], token_str=out["token_str"][0, 0],
+                                  prompt_mel=out["prompt_mel"][0],
+                                  speaker_embedding=out["speaker_embedding"][0])
+
+        return self.cache.get_or_compute(prompt_key(req.waveform, req.sample_rate, req.channels), encode)
+
+    def llm_ids(self, req: CloneRequest, features: PromptFeatures) -> np.ndarray:
+        out = self._call("prompt_builder", {
+            "prompt_text": _text(req.prompt_text), "target_text": _text(req.target_text),
+            "token_str": _text(features.token_str if isinstance(features.token_str, bytes)
+                               else features.token_str.encode("utf-8")),
+            "waveform": _batched(req.waveform), "channels": _batched(np.int32(req.channels))},
+            ["input_ids"])
+        return out["input_ids"][0]
+
+    def generate(self, req: CloneRequest, input_ids: np.ndarray) -> np.ndarray:
+        inputs = {"input_ids": _batched(input_ids.astype(np.int32)),
+                  "seed": _batched(np.int64(req.seed)), "stream": _batched(np.bool_(False))}
+        inputs.update({k: _batched(v[:1]) for k, v in req.generation.items()})
+        try:
+            chunks = [r["output_ids"][0] for r in self.models["llm_stream"].stream(inputs, ["output_ids"])]
+        except EngineError as exc:
+            if exc.invalid_input:
+                raise ForwardedInvalidInput(str(exc).split(" failed: ", 1)[-1]) from None
+            raise
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
+
+    def decode(self, req: CloneRequest, generated: np.ndarray, features: PromptFeatures) -> np.ndarray:
+        if generated.size == 0:
+            raise InvalidInput("target_text", "made the LLM stop before any audio token",
+                               "a text the voice can speak")
+        out = self._call("token2wav", {
+            "target_ids": _batched(generated.astype(np.int32)),
+            "prompt_ids": _batched(features.merged_ids.astype(np.int32)),
+            "prompt_mel": _batched(features.prompt_mel.astype(np.float32)),
+            "speaker_embedding": _batched(features.speaker_embedding.astype(np.float32)),
+            "seed": _batched(np.int64(req.seed))}, ["waveform"])
+        return out["waveform"][0]
+
+    def clone(self, req: CloneRequest) -> tuple[np.ndarray, dict[str, float]]:
+        """(24 kHz float32 waveform, seconds per stage)."""
+        times: dict[str, float] = {}
+        t = time.perf_counter()
+        features, hit = self.prompt_features(req)
+        times["prompt_encoder"] = time.perf_counter() - t
+        LOG.info("prompt cache %s (hits %d, misses %d)", "hit" if hit else "miss",
+                 self.cache.hits, self.cache.misses)
+        t = time.perf_counter()
+        input_ids = self.llm_ids(req, features)
+        times["prompt_builder"] = time.perf_counter() - t
+        t = time.perf_counter()
+        generated = self.generate(req, input_ids)
+        times["llm"] = time.perf_counter() - t
+        t = time.perf_counter()
+        wave = self.decode(req, generated, features)
+        times["token2wav"] = time.perf_counter() - t
+        return wave, times
+
+
+def output_tensors(wave: np.ndarray) -> list:
+    return [triton_io.tensor("waveform", wave.astype(np.float32)),
+            triton_io.tensor("sample_rate", np.array([DECODER.output_sample_rate], np.int32))]
