@@ -1,0 +1,243 @@
+"""Continuous batching of Step1 generation across concurrent requests.
+
+Requests join and leave between decode steps: each step first prefills waiting requests into
+free cache slots (one request at a time, in chunks), then runs ONE forward for the newest id of
+every active sequence. A finished sequence frees its slot at once; the last active sequence
+moves into the hole, so the active ones always fill slots 0..n-1 and the decode batch is a
+plain slice of the cache. Each request samples with its own seeded generator, so its ids do not
+depend on the batch it shares.
+
+Streaming: `on_token` gets ids once they are final. Because the original drops the last
+generated id (see `SamplingParams.drop_last`), an id is held back until the next one exists;
+the streamed ids therefore always concatenate to the final result.
+
+Failures: a request whose prefill or callback fails ends with that error; the others go on. A
+failed batched decode step ends every sequence of that step, not the generator.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import threading
+from typing import Callable, Sequence
+
+import torch
+
+from .sampling import SamplingParams, final_output, is_finished, next_token
+from .step1_model import Step1Model
+
+LOG = logging.getLogger(__name__)
+TokenCallback = Callable[[list], None]
+DoneCallback = Callable[[list | None, BaseException | None], None]
+
+
+class GeneratorStopped(RuntimeError):
+    """The generator was stopped before the request finished."""
+
+
+@dataclasses.dataclass(eq=False)
+class _Request:
+    rid: int
+    ids: list  # prompt + generated so far
+    prompt_len: int
+    params: SamplingParams
+    on_token: TokenCallback | None
+    on_done: DoneCallback
+    rng: torch.Generator
+    slot: int = -1
+    held: int | None = None  # the newest id, not streamed until the next one exists
+    done: bool = False
+
+    def finish(self, result: list | None, error: BaseException | None) -> None:
+        self.done = True
+        try:
+            self.on_done(result, error)
+        except Exception:  # a broken callback must not stop the generator
+            LOG.exception("on_done of request %d failed", self.rid)
+
+
+class BatchedGenerator:
+    def __init__(self, model: Step1Model, max_active: int = 16, device=None,
+                 prefill_chunk: int = 256):
+        if device is not None and torch.device(device) != model.device:
+            model = model.to(device)
+        self.model = model
+        self.max_active = max_active
+        self.prefill_chunk = prefill_chunk
+        self.cache = model.new_cache(max_active)
+        self._ids = itertools.count(1)
+        self._pending: list[_Request] = []
+        self._active: list[_Request] = []
+        self._cond = threading.Condition()
+        self._step_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # ------------------------------------------------------------------ public API
+
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams,
+               on_token: TokenCallback | None, on_done: DoneCallback) -> int:
+        """Queue one request; returns its id. Bad input raises `InvalidInput` here."""
+        prompt = [int(i) for i in prompt_ids]
+        params.check_prompt(prompt, self.model.config.vocab_size)
+        request = _Request(next(self._ids), prompt, len(prompt), params, on_token, on_done,
+                           params.new_generator(self.model.device))
+        with self._cond:
+            if self._stopping:
+                raise GeneratorStopped("the generator is stopping")
+            self._pending.append(request)
+            self._cond.notify_all()
+        return request.rid
+
+    def start(self) -> None:
+        """Run steps on a background thread whenever requests wait or run."""
+        with self._cond:
+            if self._thread is not None:
+                return
+            self._stopping = False
+            self._thread = threading.Thread(target=self._loop, name="step1-generator",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread; unfinished requests end with `GeneratorStopped`."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
+        with self._step_lock, self._cond:
+            self._fail(self._pending + self._active, GeneratorStopped("the generator stopped"))
+            self._pending.clear()
+            self._active.clear()
+            self.cache.clear()
+            self._stopping = False
+
+    def generate(self, prompts: Sequence[Sequence[int]],
+                 params_list: Sequence[SamplingParams]) -> list[list[int]]:
+        """Generate for every prompt together; blocks until all are done. Without a running
+        thread the calling thread drives the steps."""
+        if len(prompts) != len(params_list):
+            raise ValueError(f"{len(prompts)} prompts but {len(params_list)} SamplingParams")
+        results: list = [None] * len(prompts)
+        left = threading.Semaphore(0)
+
+        def done_at(i):
+            def on_done(ids, error):
+                results[i] = error if error is not None else ids
+                left.release()
+            return on_done
+
+        for i, (prompt, params) in enumerate(zip(prompts, params_list)):
+            self.submit(prompt, params, None, done_at(i))
+        for _ in prompts:
+            while not left.acquire(blocking=self._thread is not None):
+                self.step()
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results
+
+    @property
+    def active_count(self) -> int:
+        return len(self._active)
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    def step(self) -> bool:
+        """Admit waiting requests, then decode one id for every active sequence. Returns
+        whether there was anything to do."""
+        with self._step_lock, torch.inference_mode():
+            with self._cond:
+                free = self.max_active - len(self._active)
+                joining, self._pending = self._pending[:free], self._pending[free:]
+            for request in joining:
+                self._prefill(request)
+            self._retire()
+            if self._active:
+                self._decode()
+                self._retire()
+            return bool(joining or self._active)
+
+    # ------------------------------------------------------------------ internals
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._stopping or self._pending or self._active):
+                    self._cond.wait()
+                if self._stopping:
+                    return
+            try:
+                self.step()
+            except Exception as error:  # a bug in a step: end what it touched, keep serving
+                LOG.exception("generator step failed")
+                with self._step_lock:
+                    self._fail(self._active, error)
+                    self._retire()
+
+    def _prefill(self, request: _Request) -> None:
+        request.slot = len(self._active)
+        try:
+            prompt = torch.tensor(request.ids, dtype=torch.long)
+            for start in range(0, len(prompt), self.prefill_chunk):
+                chunk = prompt[start: start + self.prefill_chunk][None]
+                logits = self.model(chunk, self.cache, request.slot, torch.tensor([start]))
+            self._active.append(request)
+            self._accept(request, logits[0])
+        except Exception as error:  # this request only
+            LOG.exception("prefill of request %d failed", request.rid)
+            if not request.done:
+                request.finish(None, error)
+
+    def _decode(self) -> None:
+        ids = torch.tensor([[r.ids[-1]] for r in self._active], dtype=torch.long)
+        positions = torch.tensor([len(r.ids) - 1 for r in self._active])
+        try:
+            logits = self.model(ids, self.cache, 0, positions)
+        except Exception as error:
+            LOG.exception("decode step of %d sequences failed", len(self._active))
+            self._fail(self._active, error)
+            return
+        for request in self._active:
+            self._accept(request, logits[request.slot])
+
+    @staticmethod
+    def _fail(requests: list, error: BaseException) -> None:
+        for request in requests:
+            if not request.done:
+                request.finish(None, error)
+
+    def _accept(self, request: _Request, logits: torch.Tensor) -> None:
+        """Choose the next id, stream the previous one, finish when a stop condition holds."""
+        try:
+            token = next_token(logits, request.ids, request.params, request.rng)
+            request.ids.append(token)
+            if request.held is not None and request.on_token is not None:
+                request.on_token([request.held])
+            request.held = token
+            if is_finished(request.ids, request.params):
+                result = final_output(request.ids[request.prompt_len:], request.params)
+                if len(result) == len(request.ids) - request.prompt_len and request.on_token:
+                    request.on_token([token])
+                request.finish(result, None)
+        except Exception as error:
+            LOG.exception("request %d failed", request.rid)
+            request.finish(None, error)
+
+    def _retire(self) -> None:
+        """Drop finished sequences; move the survivors down into slots 0..n-1."""
+        survivors = [r for r in self._active if not r.done]
+        for slot, request in enumerate(survivors):
+            if request.slot != slot:
+                self.cache.move(request.slot, slot, len(request.ids) - 1)
+                request.slot = slot
+        self._active = survivors
+        if not survivors:
+            with self._cond:
+                if not self._pending:
+                    self.cache.clear()

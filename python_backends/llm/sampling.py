@@ -1,0 +1,99 @@
+"""Next-token choice as the original runs Hugging Face `generate` (step_audio_internals.md §2.5).
+
+Per step, on float32 logits: the repetition-aware ban (the newest id is banned when it occurs
+more than once among the last 10 ids of the whole sequence, prompt included), then for sampling
+temperature, top-k and a multinomial draw; greedy takes the argmax after the ban. Each request
+draws from its own seeded `torch.Generator`, so its output does not depend on what else is in
+the batch. Generation stops on <|EOT|> or when the sequence reaches `max_length` ids.
+"""
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from typing import Sequence
+
+import torch
+
+from ..errors import InvalidInput
+from ..settings import LLM
+
+SEED_LIMIT = 2 ** 63
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = LLM.temperature
+    top_k: int = LLM.top_k  # 0: no top-k filter
+    greedy: bool = False
+    seed: int | None = None  # None: a fresh random seed per request (the original is unseeded)
+    max_length: int = LLM.max_length  # total ids, prompt included (HF `max_length`)
+    # True (the original, `output_ids[len(prompt):-1]`): the last generated id is dropped,
+    # <|EOT|> or, when max_length stopped generation, an audio token. False: only <|EOT|> is.
+    drop_last: bool = True
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise InvalidInput("temperature", f"is {self.temperature}", "a number > 0")
+        if self.top_k < 0:
+            raise InvalidInput("top_k", f"is {self.top_k}", "0 (no filter) or a positive integer")
+        if self.max_length < 2:
+            raise InvalidInput("max_length", f"is {self.max_length}", "an integer >= 2")
+        if self.seed is not None and not 0 <= self.seed < SEED_LIMIT:
+            raise InvalidInput("seed", f"is {self.seed}", f"an integer in [0, 2^63)")
+
+    def check_prompt(self, prompt_ids: Sequence[int], vocab_size: int) -> None:
+        """Refuse a prompt that is empty, holds ids outside the vocabulary or leaves no room
+        for a generated id under `max_length`."""
+        if not prompt_ids:
+            raise InvalidInput("input_ids", "is empty", "at least one token id")
+        low, high = min(prompt_ids), max(prompt_ids)
+        if low < 0 or high >= vocab_size:
+            raise InvalidInput("input_ids", f"holds id {low if low < 0 else high}",
+                               f"ids in [0, {vocab_size})")
+        if len(prompt_ids) >= self.max_length:
+            raise InvalidInput("input_ids", f"has {len(prompt_ids)} ids",
+                               f"fewer than max_length ({self.max_length})")
+
+    def new_generator(self, device) -> torch.Generator:
+        seed = secrets.randbelow(SEED_LIMIT) if self.seed is None else self.seed
+        return torch.Generator(device=device).manual_seed(seed)
+
+
+def repetition_banned(ids: Sequence[int]) -> int | None:
+    """The id the repetition-aware processor bans next, if any: the newest id when it occurs
+    more than `repetition_ratio` of the last `repetition_window` ids (no ban while the
+    sequence is shorter than the window)."""
+    window = ids[-LLM.repetition_window:]
+    if len(window) < LLM.repetition_window:
+        return None
+    newest = window[-1]
+    return newest if window.count(newest) / LLM.repetition_window > LLM.repetition_ratio else None
+
+
+def next_token(logits: torch.Tensor, ids: Sequence[int], params: SamplingParams,
+               generator: torch.Generator) -> int:
+    """One id from float32 logits [vocab] of a sequence whose ids so far are `ids`."""
+    scores = logits.float().clone()
+    banned = repetition_banned(ids)
+    if banned is not None:
+        scores[banned] = float("-inf")
+    if params.greedy:
+        return int(scores.argmax())
+    scores = scores / params.temperature
+    if params.top_k:
+        kth = torch.topk(scores, min(params.top_k, scores.numel())).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def is_finished(ids: Sequence[int], params: SamplingParams) -> bool:
+    """HF's stopping criteria: the newest id is <|EOT|>, or the sequence is max_length long."""
+    return ids[-1] == LLM.eot_id or len(ids) >= params.max_length
+
+
+def final_output(generated: Sequence[int], params: SamplingParams) -> list[int]:
+    """The ids handed back once generation stopped (see `SamplingParams.drop_last`)."""
+    if params.drop_last or generated[-1] == LLM.eot_id:
+        return list(generated[:-1])
+    return list(generated)

@@ -1,0 +1,248 @@
+"""Batched Step1 generation: equal to each request alone and to the HF-style reference loop,
+seeded sampling, the repetition ban, <|EOT|> / max_length stops, streaming and failures."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from build_scripts.synthetic.step1_checkpoint import write_step1_checkpoint
+from python_backends.errors import InvalidInput
+from python_backends.llm.generator import BatchedGenerator, GeneratorStopped
+from python_backends.llm.reference import reference_generate, reference_weights
+from python_backends.llm.sampling import SamplingParams, next_token, repetition_banned
+from python_backends.llm.step1_model import load_step1
+
+torch.set_num_threads(1)
+EOT = 3
+PROMPTS = [
+    [1, 4, 100, 200, 65541, 66536, 3, 4, 77],
+    [1, 4, 9, 70655, 12],
+    [1, 4] + list(range(65600, 65614)) + [3, 4, 5],
+    [1, 4, 5000, 3, 4, 6000, 7000, 65536],
+    [2] * 3 + [65537, 65538],
+]
+GREEDY = SamplingParams(greedy=True, max_length=40)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("step1_tiny")
+    write_step1_checkpoint(out, "tiny", seed=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dir):
+    return load_step1(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_dir):
+    return reference_weights(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def alone(model):
+    """Greedy output of each prompt generated on its own."""
+    gen = BatchedGenerator(model, max_active=1)
+    return [gen.generate([p], [GREEDY])[0] for p in PROMPTS]
+
+
+def collect(gen, prompt, params, results, key, tokens=None):
+    def on_done(ids, error):
+        results[key] = error if error is not None else ids
+    on_token = None if tokens is None else (lambda ids: tokens.setdefault(key, []).extend(ids))
+    return gen.submit(prompt, params, on_token, on_done)
+
+
+# --------------------------------------------------------------------------- greedy batching
+
+def test_greedy_alone_equals_reference_generate(alone, weights):
+    for prompt, ids in zip(PROMPTS, alone):
+        assert ids == reference_generate(weights, prompt, GREEDY)
+        assert len(ids) == GREEDY.max_length - len(prompt) - 1  # no EOT: the limit stopped it
+        assert len(set(ids)) > len(ids) // 2  # random weights, but not a degenerate loop
+
+
+def test_requests_joining_at_different_steps_equal_each_alone(model, alone):
+    gen = BatchedGenerator(model, max_active=3)  # fewer slots than requests: some must wait
+    results, streamed = {}, {}
+    joins = {0: [0, 1], 2: [2], 5: [3], 6: [4]}  # step number → prompts submitted before it
+    step = 0
+    while len(results) < len(PROMPTS):
+        for i in joins.get(step, []):
+            collect(gen, PROMPTS[i], GREEDY, results, i, streamed)
+        gen.step()
+        assert gen.active_count <= 3
+        step += 1
+    assert [results[i] for i in range(len(PROMPTS))] == alone
+    assert [streamed[i] for i in range(len(PROMPTS))] == alone
+    assert gen.active_count == 0 and gen.cache.capacity == 0  # idle: cache memory released
+
+
+def test_concurrent_submits_on_the_background_thread(model, alone):
+    gen = BatchedGenerator(model, max_active=16)
+    gen.start()
+    try:
+        results = {}
+        threads = [threading.Thread(target=collect, args=(gen, p, GREEDY, results, i))
+                   for i, p in enumerate(PROMPTS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert gen.generate(PROMPTS[:2], [GREEDY, GREEDY]) == alone[:2]
+        deadline = threading.Event()
+        for _ in range(600):
+            if len(results) == len(PROMPTS):
+                break
+            deadline.wait(0.05)
+    finally:
+        gen.stop()
+    assert [results[i] for i in range(len(PROMPTS))] == alone
+
+
+# --------------------------------------------------------------------------- sampling
+
+def test_seeded_sampling_is_reproducible_and_batch_independent(model, weights):
+    gen = BatchedGenerator(model, max_active=8)
+    seeded = [SamplingParams(seed=s, max_length=36) for s in (11, 11, 12)]
+    prompt = PROMPTS[0]
+    a, b, c = gen.generate([prompt] * 3, seeded)
+    assert a == b and a != c
+    assert len(a) == 36 - len(prompt) - 1
+    # in a batch with other requests, and in the HF-style reference loop: the same ids
+    batch = gen.generate(PROMPTS[1:] + [prompt], [GREEDY] * 4 + [seeded[0]])
+    assert batch[-1] == a
+    assert reference_generate(weights, prompt, seeded[0]) == a
+    assert reference_generate(weights, prompt, seeded[2]) == c
+
+
+def test_unseeded_requests_differ(model):
+    gen = BatchedGenerator(model, max_active=2)
+    params = SamplingParams(max_length=30)
+    x, y = gen.generate([PROMPTS[0]] * 2, [params, params])
+    assert x != y
+
+
+def test_ban_unit_newest_id_repeated_in_last_10():
+    logits = torch.zeros(100)
+    logits[42] = 50.0
+    window = [1, 2, 42, 3, 4, 5, 6, 7, 8, 42]  # newest 42 occurs twice
+    assert repetition_banned(window) == 42
+    assert repetition_banned([42] + list(range(3, 12)) + [42]) is None  # 11 ids: first 42 is out
+    assert repetition_banned(window[1:]) is None  # shorter than the window: no ban
+    greedy = SamplingParams(greedy=True)
+    assert next_token(logits, window, greedy, None) != 42
+    assert next_token(logits, window[:-1] + [9], greedy, None) == 42
+    for seed in range(50):
+        params = SamplingParams(seed=seed)
+        assert next_token(logits, window, params, params.new_generator("cpu")) != 42
+        assert next_token(logits, window[1:], params, params.new_generator("cpu")) == 42
+
+
+def test_ban_in_generation_with_all_equal_logits(model, tiny_dir, weights):
+    """With the final norm zeroed every logit is 0: argmax is id 0 unless banned. The ban turns
+    0,0,0,... into 0,0,1,0,1,0,... (0 banned once it repeats; 1 when it repeats)."""
+    flat = load_step1(tiny_dir)
+    with torch.no_grad():
+        flat.model.norm.weight.zero_()
+    prompt = list(range(5, 15))
+    params = SamplingParams(greedy=True, max_length=len(prompt) + 9)
+    expected = [0, 0, 1, 0, 1, 0, 1, 0]  # 9 generated, the last dropped
+    assert BatchedGenerator(flat).generate([prompt], [params]) == [expected]
+    assert reference_generate(flat, prompt, params) == expected
+
+
+# --------------------------------------------------------------------------- stops
+
+def test_max_length_stop_drops_the_last_id_like_the_original(model, alone):
+    prompt, full = PROMPTS[1], alone[1]
+    gen = BatchedGenerator(model)
+    limit = len(prompt) + 6
+    results, streamed = {}, {}
+    collect(gen, prompt, SamplingParams(greedy=True, max_length=limit), results, "orig", streamed)
+    collect(gen, prompt, SamplingParams(greedy=True, max_length=limit, drop_last=False),
+            results, "keep", streamed)
+    while gen.step():
+        pass
+    assert results["orig"] == streamed["orig"] == full[:5]
+    assert results["keep"] == streamed["keep"] == full[:6]
+
+
+def test_eot_stops_and_is_dropped(tiny_dir, alone, weights):
+    """Swap lm_head rows of <|EOT|> and the k-th greedy id: generation now ends there."""
+    prompt, full = PROMPTS[0], alone[0]
+    k = next(i for i in range(2, len(full)) if full[i] not in full[:i] + prompt)
+    swapped = load_step1(tiny_dir)
+    with torch.no_grad():
+        head = swapped.lm_head.weight
+        head[[EOT, full[k]]] = head[[full[k], EOT]].clone()
+    gen = BatchedGenerator(swapped)
+    results, streamed = {}, {}
+    for drop_last in (True, False):
+        collect(gen, prompt, SamplingParams(greedy=True, max_length=40, drop_last=drop_last),
+                results, drop_last, streamed)
+    while gen.step():
+        pass
+    assert results[True] == results[False] == streamed[True] == streamed[False] == full[:k]
+    assert reference_generate(swapped, prompt, GREEDY) == full[:k]
+
+
+# --------------------------------------------------------------------------- input and failures
+
+def test_bad_input_is_refused_at_submit(model):
+    gen = BatchedGenerator(model)
+
+    def submit(prompt, **kw):
+        gen.submit(prompt, SamplingParams(**kw), None, lambda ids, err: None)
+
+    with pytest.raises(InvalidInput, match=r"input 'input_ids': is empty"):
+        submit([])
+    with pytest.raises(InvalidInput, match=r"input 'input_ids': holds id 74752; allowed: ids "
+                                           r"in \[0, 74752\)"):
+        submit([1, 74752])
+    with pytest.raises(InvalidInput, match=r"input 'input_ids': has 5 ids; allowed: fewer than "
+                                           r"max_length \(5\)"):
+        submit([1, 2, 3, 4, 5], max_length=5)
+    with pytest.raises(InvalidInput, match=r"input 'temperature': is 0"):
+        SamplingParams(temperature=0)
+    with pytest.raises(InvalidInput, match=r"input 'top_k': is -1"):
+        SamplingParams(top_k=-1)
+    with pytest.raises(InvalidInput, match=r"input 'seed': is -3"):
+        SamplingParams(seed=-3)
+    assert gen.pending_count == 0
+
+
+def test_defaults_are_the_original_sampling():
+    params = SamplingParams()
+    assert (params.temperature, params.top_k, params.greedy, params.max_length,
+            params.drop_last) == (0.7, 50, False, 8192, True)
+
+
+def test_a_failing_callback_ends_only_its_request(model, alone):
+    gen = BatchedGenerator(model)
+    results = {}
+
+    def explode(ids):
+        raise RuntimeError("client went away")
+
+    gen.submit(PROMPTS[0], GREEDY, explode, lambda ids, err: results.__setitem__("bad", err))
+    collect(gen, PROMPTS[1], GREEDY, results, "good")
+    while gen.step():
+        pass
+    assert isinstance(results["bad"], RuntimeError) and str(results["bad"]) == "client went away"
+    assert results["good"] == alone[1]
+
+
+def test_stop_ends_unfinished_requests(model):
+    gen = BatchedGenerator(model)
+    results = {}
+    collect(gen, PROMPTS[0], GREEDY, results, "a")
+    gen.step()
+    collect(gen, PROMPTS[1], GREEDY, results, "b")
+    gen.stop()
+    assert isinstance(results["a"], GeneratorStopped) and isinstance(results["b"], GeneratorStopped)
+    assert gen.active_count == gen.pending_count == 0
