@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
-import hashlib
-import json
 import logging
 import subprocess
 import sys
@@ -35,30 +32,27 @@ import torch
 
 from build_scripts import espeak_clips
 from build_scripts.espeak_clips import speech_of_duration
-from build_scripts.synthetic import codebooks, paraformer_dir, speech_tokenizer_onnx as s3
-from build_scripts.synthetic.files import atomic_open, temp_path_for, write_bytes_atomic
+from build_scripts.synthetic import codebooks, manifest as mf, paraformer_dir, speech_tokenizer_onnx as s3
+from build_scripts.synthetic.files import atomic_open, temp_path_for
+from build_scripts.synthetic.manifest import WeightsDirInUse
 from build_scripts.synthetic.presets import PRESETS, Preset, get_preset
-from python_backends.file_io import log_stage, sha256_file
+from python_backends.file_io import log_stage
 from python_backends.settings import CENTROIDS_FILE, PARAFORMER_DIR, SPEECH_TOKENIZER_FILE
 
 LOG = logging.getLogger("synthetic_weights")
 MANIFEST = "synthetic_weights.json"
-INCOMPLETE_MARKER = ".synthetic_weights.incomplete"
-LOCK_FILE = ".synthetic_weights.lock"
 FORMAT = 1
-REPO = Path(__file__).resolve().parents[1]
 # code whose changes change the output: a manifest written by other code is not "complete"
 FINGERPRINT_SOURCES = ("build_scripts/make_synthetic_weights.py", "build_scripts/espeak_clips.py",
-                       "build_scripts/synthetic/*.py", "python_backends/settings.py",
+                       "build_scripts/synthetic/paraformer_dir.py",
+                       "build_scripts/synthetic/speech_tokenizer_onnx.py",
+                       "build_scripts/synthetic/codebooks.py", "build_scripts/synthetic/presets.py",
+                       "build_scripts/synthetic/random_init.py", "python_backends/settings.py",
                        "python_backends/paraformer_weights.py", "python_backends/fbank_frontend.py",
                        "python_backends/chunk_encoder.py")
 PARAFORMER_FILES = ("config.yaml", "model.pt", "am.mvn", "tokens.json", "configuration.json")
 FILES = tuple(f"{PARAFORMER_DIR}/{n}" for n in PARAFORMER_FILES) + (CENTROIDS_FILE, SPEECH_TOKENIZER_FILE)
 FIT_RATE = 16000
-
-
-class WeightsDirInUse(RuntimeError):
-    """DIR holds tokenizer files this generator did not write (maybe real weights)."""
 
 
 def _stage(name: str, **fields):
@@ -71,14 +65,9 @@ def _sub_seed(seed: int, purpose: int) -> int:
 
 def generator_fingerprint() -> str:
     """sha256 over the generator's sources and the espeak-ng version."""
-    h = hashlib.sha256()
-    for pattern in FINGERPRINT_SOURCES:
-        for path in sorted(REPO.glob(pattern)):
-            h.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     version = subprocess.run([espeak_clips._espeak_path(), "--version"], capture_output=True,
                              check=False).stdout
-    h.update(version.strip())
-    return h.hexdigest()
+    return mf.fingerprint(FINGERPRINT_SOURCES, version.strip())
 
 
 def _manifest_header(preset: Preset, seed: int) -> dict:
@@ -88,21 +77,12 @@ def _manifest_header(preset: Preset, seed: int) -> dict:
 
 
 def read_manifest(out: Path) -> dict | None:
-    try:
-        return json.loads((Path(out) / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    return mf.read_manifest(out, MANIFEST)
 
 
 def is_complete(out: Path, preset: Preset, seed: int) -> bool:
     """DIR holds every file of `preset`/`seed` with the sizes its manifest records."""
-    manifest = read_manifest(out)
-    if not manifest or any(manifest.get(k) != v for k, v in _manifest_header(preset, seed).items()):
-        return False
-    files = manifest.get("files", {})
-    return set(files) == set(FILES) and all(
-        (Path(out) / name).is_file() and (Path(out) / name).stat().st_size == meta.get("bytes")
-        for name, meta in files.items())
+    return mf.is_complete(out, MANIFEST, _manifest_header(preset, seed), FILES)
 
 
 # ---------------------------------------------------------------- stages
@@ -154,26 +134,15 @@ def fit_vq06_codebook(model: s3.SpeechTokenizerV1, clips: list[np.ndarray], pres
 
 
 # ---------------------------------------------------------------- driver
-def _guard_foreign_files(out: Path) -> None:
-    if (out / MANIFEST).exists() or (out / INCOMPLETE_MARKER).exists():
-        return
-    present = [name for name in FILES if (out / name).exists()]
-    if present:
-        raise WeightsDirInUse(
-            f"{out} already holds {', '.join(present)} but no {MANIFEST}: these may be real "
-            "weights, so they are not overwritten; choose another --out or pass --force")
-
-
 def _build_locked(preset: Preset, out: Path, seed: int, force: bool) -> None:
     header = _manifest_header(preset, seed)
     if not force and is_complete(out, preset, seed):
         LOG.info("stage=skip seconds=0.00 preset=%s seed=%d out=%s (already complete)", preset.name, seed, out)
         return
     if not force:
-        _guard_foreign_files(out)
+        mf.guard_foreign_files(out, MANIFEST, FILES)
     t_all = time.perf_counter()
-    write_bytes_atomic(out / INCOMPLETE_MARKER, json.dumps(header).encode())
-    (out / MANIFEST).unlink(missing_ok=True)
+    mf.begin(out, MANIFEST, header)
     with _stage("speech", clips=preset.fit_clips, seconds_each=preset.fit_clip_seconds):
         clips = fitting_speech(preset)
     with _stage("am_mvn"):
@@ -200,11 +169,7 @@ def _build_locked(preset: Preset, out: Path, seed: int, force: bool) -> None:
             tmp.unlink(missing_ok=True)
         info["params"] = sum(p.numel() for p in model.parameters())
     with _stage("manifest"):
-        files = {name: {"bytes": (out / name).stat().st_size, "sha256": sha256_file(out / name)}
-                 for name in FILES}
-        manifest = {**header, "files": files}
-        write_bytes_atomic(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
-        (out / INCOMPLETE_MARKER).unlink(missing_ok=True)
+        mf.finish(out, MANIFEST, header, FILES)
     LOG.info("stage=done seconds=%.2f preset=%s seed=%d out=%s", time.perf_counter() - t_all,
              preset.name, seed, out)
 
@@ -213,13 +178,8 @@ def build(preset: str, out: Path, seed: int = 0, force: bool = False) -> Path:
     """Write the synthetic weights of `preset` into `out` (skipped when already complete) → out."""
     p = get_preset(preset)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK_FILE, "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per directory at a time
-        try:
-            _build_locked(p, out, int(seed), force)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with mf.locked(out):
+        _build_locked(p, out, int(seed), force)
     return out
 
 
