@@ -119,7 +119,8 @@ def flow_config_from_yaml(config: dict) -> FlowConfig:
         encoder=_pick(encoder, EncoderConfig, "flow.encoder"),
         estimator=_pick(estimator, DiTConfig, "flow.decoder.estimator"),
     )
-    if (embedding.get("vocab_size"), embedding.get("input_size")) != (cfg.vocab_size, cfg.input_size):
+    if (embedding.get("vocab_size", cfg.vocab_size),
+            embedding.get("input_size", cfg.input_size)) != (cfg.vocab_size, cfg.input_size):
         raise ValueError("cosyvoice.yaml: flow.input_embedding vocab_size/input_size must equal "
                          f"flow's ({cfg.vocab_size}, {cfg.input_size})")
     if cfg.estimator.in_channels != 4 * cfg.output_size or cfg.estimator.out_channels != cfg.output_size:
