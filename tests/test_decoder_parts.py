@@ -199,6 +199,8 @@ def test_hift_length_and_seeding(hift):
     other, _ = hift_inference(hift, mel, [23], [8])
     assert (wave - other).abs().max() > 1e-3
     assert wave.abs().max() <= 0.99
+    both, _ = hift_inference(hift, mel.repeat(2, 1, 1), [23, 23], [7, 8])  # equal lengths
+    torch.testing.assert_close(both, torch.cat([wave, other]), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("model", ["hift", "voiced_hift"])

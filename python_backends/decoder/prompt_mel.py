@@ -55,6 +55,16 @@ def to_24k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     return out
 
 
+def reflect_pad_rows(x: torch.Tensor, lengths: torch.Tensor, pad: int) -> torch.Tensor:
+    """[B, N] rows with valid lengths → [B, N + 2·pad]: each row reflect-padded at its own
+    start and end (what F.pad(mode="reflect") does to the row alone), garbage after that."""
+    width = x.shape[1]
+    k = torch.arange(width + 2 * pad, device=x.device)[None, :] - pad
+    last = lengths.to(x.device)[:, None] - 1
+    idx = torch.where(k < 0, -k, torch.where(k > last, 2 * last - k, k)).clamp(0, width - 1)
+    return torch.gather(x, 1, idx)
+
+
 def round_bf16(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.bfloat16).to(torch.float32)
 
@@ -74,18 +84,12 @@ class PromptMel:
         utterance's T are zero) and each T."""
         waves = [to_24k(a, r) for a, r in zip(audios, sample_rates)]
         lengths = torch.tensor([len(w) for w in waves], device=self.device)
-        width = int(lengths.max())
-        buffer = torch.zeros(len(waves), width, device=self.device)
+        buffer = torch.zeros(len(waves), int(lengths.max()), device=self.device)
         for i, w in enumerate(waves):
             buffer[i, :len(w)] = torch.from_numpy(w).to(self.device)
-        # per-utterance reflect padding: position j reads sample reflect(j − PAD) of its own row
-        k = torch.arange(width + 2 * PAD, device=self.device)[None, :] - PAD
-        last = lengths[:, None] - 1
-        idx = torch.where(k < 0, -k, torch.where(k > last, 2 * last - k, k)).clamp(0, width - 1)
-        padded = torch.gather(buffer, 1, idx)
-        spec = torch.stft(padded, DECODER.mel_n_fft, hop_length=DECODER.mel_hop,
-                          win_length=DECODER.mel_n_fft, window=self.window, center=False,
-                          return_complex=True)
+        spec = torch.stft(reflect_pad_rows(buffer, lengths, PAD), DECODER.mel_n_fft,
+                          hop_length=DECODER.mel_hop, win_length=DECODER.mel_n_fft,
+                          window=self.window, center=False, return_complex=True)
         magnitude = torch.sqrt(torch.view_as_real(spec).pow(2).sum(-1) + MAGNITUDE_EPS)
         mel = torch.log(torch.clamp(self.basis @ magnitude, min=LOG_FLOOR)).transpose(1, 2)
         frames = [mel_frames(len(w)) for w in waves]
