@@ -12,7 +12,8 @@ from build_scripts.espeak_clips import speech_of_duration
 from build_scripts.synthetic import campplus_onnx
 from build_scripts.synthetic.hift_checkpoint import hift_yaml_section, random_state_dict, write_hift
 from python_backends.decoder.hift import hift_inference, load_hift, reference_hift
-from python_backends.decoder.prompt_mel import PromptMel, prompt_mel, prompt_mel_reference
+from python_backends.decoder.prompt_mel import (PromptMel, mel_filterbank, prompt_mel,
+                                                prompt_mel_reference)
 from python_backends.decoder.speaker_embedding import SpeakerEmbedder, speaker_features
 from python_backends.decoder.token_reshape import (codes_from_token_ids, reshape_mixed_codes,
                                                    reshape_token_ids)
@@ -87,6 +88,14 @@ def test_prompt_mel_equals_plain_reference_at_50_hz():
     assert mel.dtype == np.float32 and mel.shape == (150, 80)  # 3 s → 72000 samples at 24 kHz
     np.testing.assert_allclose(mel, ref, atol=2e-4, rtol=0)
     assert mel.min() == pytest.approx(np.log(1e-5))  # silence hits the log floor
+
+
+def test_prompt_mel_filterbank_is_matchas():
+    import librosa
+
+    expected = librosa.filters.mel(sr=24000, n_fft=1920, n_mels=80, fmin=0, fmax=8000, htk=False,
+                                   norm="slaney")
+    np.testing.assert_array_equal(mel_filterbank(), expected.astype(np.float32))
 
 
 def test_prompt_mel_rounds_through_bf16_by_default():
@@ -238,6 +247,8 @@ def test_hift_checkpoint_wrong_shape_and_class_are_refused(hift_file, tmp_path):
     section = hift_yaml_section("tiny") | {"__class__": "cosyvoice.bigvgan.BigVGAN"}
     with pytest.raises(ValueError, match="hift is cosyvoice.bigvgan.BigVGAN, expected a HiFTGenerator"):
         load_hift(hift_file, section)
+    with pytest.raises(ValueError, match=r"hift section: .*unexpected keyword argument 'n_fft'"):
+        load_hift(hift_file, hift_yaml_section("tiny") | {"n_fft": 16})
 
 
 def test_hift_loads_legacy_weight_norm_names(hift, hift_file, tmp_path):

@@ -282,7 +282,10 @@ def build_hift(hift_kwargs: dict) -> HiFTGenerator:
     _class_name(f0_kwargs, "hift.f0_predictor", F0_PREDICTOR_CLASS)
     f0_kwargs.pop(CLASS_KEY)
     kwargs = {k: v for k, v in hift_kwargs.items() if k not in (CLASS_KEY, "f0_predictor")}
-    return HiFTGenerator(**kwargs, f0_predictor=ConvRNNF0Predictor(**f0_kwargs))
+    try:
+        return HiFTGenerator(**kwargs, f0_predictor=ConvRNNF0Predictor(**f0_kwargs))
+    except TypeError as e:  # a key our classes do not take
+        raise ValueError(f"cosyvoice.yaml: hift section: {e}") from None
 
 
 def _modern_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
