@@ -10,7 +10,8 @@ import torch
 from build_scripts.synthetic.step1_checkpoint import write_step1_checkpoint
 from python_backends.errors import InvalidInput
 from python_backends.llm.generator import BatchedGenerator, GeneratorStopped
-from python_backends.llm.reference import reference_generate, reference_weights
+from python_backends.llm.reference import (reference_forward, reference_generate,
+                                           reference_weights)
 from python_backends.llm.sampling import SamplingParams, next_token, repetition_banned
 from python_backends.llm.step1_model import load_step1
 
@@ -246,3 +247,20 @@ def test_stop_ends_unfinished_requests(model):
     gen.stop()
     assert isinstance(results["a"], GeneratorStopped) and isinstance(results["b"], GeneratorStopped)
     assert gen.active_count == gen.pending_count == 0
+
+
+# --------------------------------------------------------------------------- CUDA (lent GPU only)
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_generation_matches_cpu(tiny_dir, alone, weights):
+    cuda = load_step1(tiny_dir, device="cuda")
+    logits = cuda(torch.tensor([PROMPTS[0]]), cuda.new_cache(1), 0, [0], all_logits=True)[0]
+    reference, _ = reference_forward(weights, PROMPTS[0])
+    torch.testing.assert_close(logits.cpu(), reference, rtol=0, atol=1e-4)
+    gen = BatchedGenerator(cuda, max_active=4)
+    assert gen.generate(PROMPTS, [GREEDY] * len(PROMPTS)) == alone
+    seeded = SamplingParams(seed=7, max_length=30)
+    first = gen.generate([PROMPTS[0]], [seeded])[0]
+    assert gen.generate(PROMPTS[:3], [GREEDY, seeded, GREEDY])[1] == \
+        gen.generate([PROMPTS[1]], [seeded])[0]
+    assert gen.generate([PROMPTS[0]], [seeded])[0] == first

@@ -86,7 +86,7 @@ def test_sqrt_alibi_bias_equals_the_formula_for_48_heads():
 def test_forward_equals_reference_on_a_whole_prompt(model, weights):
     for prompt in PROMPTS:
         cache = model.new_cache(1)
-        ours = model(torch.tensor([prompt]), cache, 0, torch.tensor([0]), all_logits=True)[0]
+        ours = model(torch.tensor([prompt]), cache, 0, [0], all_logits=True)[0]
         ref, _ = reference_forward(weights, prompt)
         assert ours.shape == (len(prompt), 74752) and ours.dtype == torch.float32
         torch.testing.assert_close(ours, ref, rtol=0, atol=2e-5)
@@ -99,7 +99,7 @@ def test_chunked_prefill_equals_reference(model, weights):
     parts = [prompt[:4], prompt[4:11], prompt[11:]]
     start, outs = 0, []
     for part in parts:
-        outs.append(model(torch.tensor([part]), cache, 1, torch.tensor([start]),
+        outs.append(model(torch.tensor([part]), cache, 1, [start],
                           all_logits=True)[0])
         start += len(part)
     ref, _ = reference_forward(weights, prompt)
@@ -110,16 +110,16 @@ def test_decode_batch_of_different_lengths_equals_reference_and_each_alone(model
     """Three sequences of lengths 9, 5, 19 decode one id each in one batched forward."""
     batch_cache = model.new_cache(3)
     for slot, prompt in enumerate(PROMPTS):
-        model(torch.tensor([prompt]), batch_cache, slot, torch.tensor([0]))
+        model(torch.tensor([prompt]), batch_cache, slot, [0])
     nxt = [[70000], [65536], [42]]
-    batched = model(torch.tensor(nxt), batch_cache, 0, torch.tensor([len(p) for p in PROMPTS]))
+    batched = model(torch.tensor(nxt), batch_cache, 0, [len(p) for p in PROMPTS])
     assert batched.shape == (3, 74752)
     for row, prompt in enumerate(PROMPTS):
         ref, _ = reference_forward(weights, prompt + nxt[row])
         torch.testing.assert_close(batched[row], ref[-1], rtol=0, atol=2e-5)
         alone_cache = model.new_cache(1)
-        model(torch.tensor([prompt]), alone_cache, 0, torch.tensor([0]))
-        alone = model(torch.tensor([nxt[row]]), alone_cache, 0, torch.tensor([len(prompt)]))
+        model(torch.tensor([prompt]), alone_cache, 0, [0])
+        alone = model(torch.tensor([nxt[row]]), alone_cache, 0, [len(prompt)])
         torch.testing.assert_close(batched[row], alone[0], rtol=0, atol=1e-5)
 
 
@@ -127,10 +127,10 @@ def test_cache_growth_and_slot_move_keep_the_sequence(model, weights):
     prompt = PROMPTS[0]
     cache = model.new_cache(2)
     cache.initial_capacity = 4
-    model(torch.tensor([prompt]), cache, 1, torch.tensor([0]))
+    model(torch.tensor([prompt]), cache, 1, [0])
     assert cache.capacity >= len(prompt)
     cache.move(1, 0, len(prompt))
-    out = model(torch.tensor([[7]]), cache, 0, torch.tensor([len(prompt)]))
+    out = model(torch.tensor([[7]]), cache, 0, [len(prompt)])
     ref, _ = reference_forward(weights, prompt + [7])
     torch.testing.assert_close(out[0], ref[-1], rtol=0, atol=2e-5)
 
@@ -138,7 +138,7 @@ def test_cache_growth_and_slot_move_keep_the_sequence(model, weights):
 def test_bf16_forward_stays_close_to_fp32(tiny_dir, weights):
     bf16 = load_step1(tiny_dir, dtype=torch.bfloat16)
     prompt = PROMPTS[0]
-    ours = bf16(torch.tensor([prompt]), bf16.new_cache(1), 0, torch.tensor([0]))[0]
+    ours = bf16(torch.tensor([prompt]), bf16.new_cache(1), 0, [0])[0]
     ref, _ = reference_forward(weights, prompt)
     assert ours.dtype == torch.float32
     assert (ours - ref[-1]).abs().max() < 0.25 * ref[-1].std()

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .sampling import SamplingParams, final_output, is_finished, next_token
+from .sampling import SamplingParams, final_output, is_finished, next_tokens
 from .step1_model import Step1Model
 
 LOG = logging.getLogger(__name__)
@@ -186,9 +186,9 @@ class BatchedGenerator:
             prompt = torch.tensor(request.ids, dtype=torch.long)
             for start in range(0, len(prompt), self.prefill_chunk):
                 chunk = prompt[start: start + self.prefill_chunk][None]
-                logits = self.model(chunk, self.cache, request.slot, torch.tensor([start]))
+                logits = self.model(chunk, self.cache, request.slot, [start])
             self._active.append(request)
-            self._accept(request, logits[0])
+            self._accept([request], logits)
         except Exception as error:  # this request only
             LOG.exception("prefill of request %d failed", request.rid)
             if not request.done:
@@ -196,15 +196,14 @@ class BatchedGenerator:
 
     def _decode(self) -> None:
         ids = torch.tensor([[r.ids[-1]] for r in self._active], dtype=torch.long)
-        positions = torch.tensor([len(r.ids) - 1 for r in self._active])
+        positions = [len(r.ids) - 1 for r in self._active]
         try:
             logits = self.model(ids, self.cache, 0, positions)
         except Exception as error:
             LOG.exception("decode step of %d sequences failed", len(self._active))
             self._fail(self._active, error)
             return
-        for request in self._active:
-            self._accept(request, logits[request.slot])
+        self._accept(self._active, logits)
 
     @staticmethod
     def _fail(requests: list, error: BaseException) -> None:
@@ -212,22 +211,34 @@ class BatchedGenerator:
             if not request.done:
                 request.finish(None, error)
 
-    def _accept(self, request: _Request, logits: torch.Tensor) -> None:
-        """Choose the next id, stream the previous one, finish when a stop condition holds."""
+    def _accept(self, requests: list, logits: torch.Tensor) -> None:
+        """Choose each request's next id (row i of `logits` is requests[i]), stream the
+        previous one, finish those whose stop condition holds."""
         try:
-            token = next_token(logits, request.ids, request.params, request.rng)
-            request.ids.append(token)
-            if request.held is not None and request.on_token is not None:
-                request.on_token([request.held])
-            request.held = token
-            if is_finished(request.ids, request.params):
-                result = final_output(request.ids[request.prompt_len:], request.params)
-                if len(result) == len(request.ids) - request.prompt_len and request.on_token:
-                    request.on_token([token])
-                request.finish(result, None)
+            tokens = next_tokens(logits, [r.ids for r in requests], [r.params for r in requests],
+                                 [r.rng for r in requests])
         except Exception as error:
-            LOG.exception("request %d failed", request.rid)
-            request.finish(None, error)
+            LOG.exception("sampling of %d sequences failed", len(requests))
+            self._fail(requests, error)
+            return
+        for request, token in zip(requests, tokens):
+            try:
+                self._append(request, token)
+            except Exception as error:
+                LOG.exception("request %d failed", request.rid)
+                request.finish(None, error)
+
+    @staticmethod
+    def _append(request: _Request, token: int) -> None:
+        request.ids.append(token)
+        if request.held is not None and request.on_token is not None:
+            request.on_token([request.held])
+        request.held = token
+        if is_finished(request.ids, request.params):
+            result = final_output(request.ids[request.prompt_len:], request.params)
+            if len(result) == len(request.ids) - request.prompt_len and request.on_token:
+                request.on_token([token])
+            request.finish(result, None)
 
     def _retire(self) -> None:
         """Drop finished sequences; move the survivors down into slots 0..n-1."""

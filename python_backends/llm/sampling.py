@@ -70,21 +70,41 @@ def repetition_banned(ids: Sequence[int]) -> int | None:
     return newest if window.count(newest) / LLM.repetition_window > LLM.repetition_ratio else None
 
 
-def next_token(logits: torch.Tensor, ids: Sequence[int], params: SamplingParams,
-               generator: torch.Generator) -> int:
-    """One id from float32 logits [vocab] of a sequence whose ids so far are `ids`."""
+def next_tokens(logits: torch.Tensor, histories: Sequence[Sequence[int]],
+                params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None]
+                ) -> list[int]:
+    """One id per row of float32 logits [rows, vocab]; row r continues `histories[r]` with
+    `params[r]`, drawing from `generators[r]`. The row-wise steps run batched; only the draws
+    are per row (each request's own generator), and the ids come back in one transfer."""
     scores = logits.float().clone()
-    banned = repetition_banned(ids)
-    if banned is not None:
-        scores[banned] = float("-inf")
-    if params.greedy:
-        return int(scores.argmax())
-    scores = scores / params.temperature
-    if params.top_k:
-        kth = torch.topk(scores, min(params.top_k, scores.numel())).values[-1]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    bans = [(row, banned) for row, ids in enumerate(histories)
+            if (banned := repetition_banned(ids)) is not None]
+    if bans:
+        rows, ids = zip(*bans)
+        scores[list(rows), list(ids)] = float("-inf")
+    chosen = scores.argmax(dim=-1)
+    sampled = [row for row, p in enumerate(params) if not p.greedy]
+    if sampled:
+        vocab = scores.shape[-1]
+        temperature = torch.tensor([[params[r].temperature] for r in sampled],
+                                   dtype=scores.dtype, device=scores.device)
+        rows = scores[sampled] / temperature
+        ks = [min(params[r].top_k, vocab) or vocab for r in sampled]
+        if min(ks) < vocab:
+            top = torch.topk(rows, max(ks)).values
+            kth = top[torch.arange(len(ks)), torch.tensor(ks) - 1][:, None]
+            rows = rows.masked_fill(rows < kth, float("-inf"))
+        probs = torch.softmax(rows, dim=-1)
+        draws = torch.cat([torch.multinomial(probs[i: i + 1], 1, generator=generators[r])[0]
+                           for i, r in enumerate(sampled)])
+        chosen[sampled] = draws
+    return chosen.tolist()
+
+
+def next_token(logits: torch.Tensor, ids: Sequence[int], params: SamplingParams,
+               generator: torch.Generator | None) -> int:
+    """`next_tokens` for one sequence: logits [vocab]."""
+    return next_tokens(logits[None], [ids], [params], [generator])[0]
 
 
 def is_finished(ids: Sequence[int], params: SamplingParams) -> bool:

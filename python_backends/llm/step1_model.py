@@ -15,6 +15,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,14 @@ def sqrt_alibi_bias(slopes: torch.Tensor, query_positions: torch.Tensor, key_len
     distance = (query_positions[:, :, None] - keys).to(torch.float32)  # [b, q, t]
     bias = -slopes.to(distance.device)[None, :, None, None] * distance.clamp(min=0).sqrt()[:, None]
     return bias.masked_fill((distance < 0)[:, None], float("-inf")).to(dtype)
+
+
+def group_heads(per_head: torch.Tensor, groups: int) -> torch.Tensor:
+    """[b, heads, q, n] → [b, groups, heads_per_group * q, n]. Head h reads key/value group
+    h // heads_per_group, so folding a group's heads into the query axis lets attention run on
+    the cached groups directly, without repeating keys and values per head."""
+    b, heads, q, n = per_head.shape
+    return per_head.reshape(b, groups, heads // groups * q, n)
 
 
 # --------------------------------------------------------------------------- KV cache
@@ -124,17 +133,20 @@ class Step1Attention(nn.Module):
     def forward(self, x: torch.Tensor, layer_kv: torch.Tensor, write_at: tuple,
                 key_len: int, bias: torch.Tensor) -> torch.Tensor:
         """x [b, q, hidden]; layer_kv [2, b, groups, capacity, head_dim] (the batch's slots);
-        write_at (rows [b, 1], positions [b, q]) where this call's keys/values go."""
+        write_at (rows [b, 1], positions [b, q]) where this call's keys/values go; bias
+        [b, groups, heads_per_group * q, key_len] (`group_heads`)."""
         b, q, _ = x.shape
-        query = self.q_proj(x).view(b, q, self.heads, self.head_dim).transpose(1, 2)
         layer_kv[0][write_at[0], :, write_at[1]] = self.k_proj(x).view(
             b, q, self.groups, self.head_dim)
         layer_kv[1][write_at[0], :, write_at[1]] = self.v_proj(x).view(
             b, q, self.groups, self.head_dim)
         keys = layer_kv[0, :, :, :key_len]
         values = layer_kv[1, :, :, :key_len]
-        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=bias, enable_gqa=True)
-        return self.o_proj(out.transpose(1, 2).reshape(b, q, -1))
+        query = group_heads(self.q_proj(x).view(b, q, self.heads, self.head_dim).transpose(1, 2),
+                            self.groups)
+        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=bias)
+        return self.o_proj(out.view(b, self.heads, q, self.head_dim).transpose(1, 2)
+                           .reshape(b, q, -1))
 
 
 class Step1MLP(nn.Module):
@@ -192,18 +204,19 @@ class Step1Model(nn.Module):
         return KVCache(self.config, slots, self.device, self.dtype)
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache, first_slot: int,
-                positions: torch.Tensor, all_logits: bool = False) -> torch.Tensor:
+                positions: Sequence[int], all_logits: bool = False) -> torch.Tensor:
         """Run `input_ids` [b, q] of the sequences in slots first_slot..first_slot+b-1, whose
-        cached lengths are `positions` [b] (the new ids sit at positions..positions+q-1), and
-        extend their caches. Returns float logits [b, vocab] of each row's last id, or
+        cached lengths are `positions` (b ints: the new ids sit at positions..positions+q-1),
+        and extend their caches. Returns float logits [b, vocab] of each row's last id, or
         [b, q, vocab] with `all_logits`."""
         b, q = input_ids.shape
-        positions = positions.to(self.device)
-        query_positions = positions[:, None] + torch.arange(q, device=self.device)
-        key_len = int(positions.max()) + q
+        key_len = max(positions) + q
+        query_positions = (torch.tensor(list(positions), device=self.device)[:, None]
+                           + torch.arange(q, device=self.device))
         cache.ensure(key_len)
         rows = torch.arange(b, device=self.device)[:, None]
-        bias = sqrt_alibi_bias(self.slopes, query_positions, key_len, self.dtype)
+        bias = group_heads(sqrt_alibi_bias(self.slopes, query_positions, key_len, self.dtype),
+                           self.config.num_attention_groups)
         kv = cache.data[:, :, first_slot: first_slot + b]
         x = self.model.embed_tokens(input_ids.to(self.device))
         for i, layer in enumerate(self.model.layers):
