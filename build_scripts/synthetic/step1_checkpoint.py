@@ -84,7 +84,8 @@ def write_safetensors_streaming(path: Path, shapes: dict[str, tuple],
     header, offset = {}, 0
     for name, shape in shapes.items():
         size = math.prod(shape) * 2
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        header[name] = {"dtype": "BF16", "shape": list(shape),
+                        "data_offsets": [offset, offset + size]}
         offset += size
     header["__metadata__"] = {"format": "pt"}
     blob = json.dumps(header, separators=(",", ":")).encode()
@@ -96,8 +97,9 @@ def write_safetensors_streaming(path: Path, shapes: dict[str, tuple],
         for n, (name, shape) in enumerate(shapes.items(), 1):
             tensor = make(name).to(torch.bfloat16).contiguous()
             if tuple(tensor.shape) != tuple(shape):
-                raise AssertionError(f"{name}: made {list(tensor.shape)}, header says {list(shape)}")
-            f.write(tensor.view(torch.int16).numpy().tobytes())
+                raise AssertionError(f"{name}: made {list(tensor.shape)}, "
+                                     f"header says {list(shape)}")
+            f.write(tensor.view(torch.int16).numpy())
             if n % 10 == 0 or n == len(shapes):
                 LOG.info("%s: %d/%d tensors (%.0f s)", path.name, n, len(shapes),
                          time.monotonic() - started)

@@ -39,7 +39,7 @@ class SamplingParams:
         if self.max_length < 2:
             raise InvalidInput("max_length", f"is {self.max_length}", "an integer >= 2")
         if self.seed is not None and not 0 <= self.seed < SEED_LIMIT:
-            raise InvalidInput("seed", f"is {self.seed}", f"an integer in [0, 2^63)")
+            raise InvalidInput("seed", f"is {self.seed}", "an integer in [0, 2^63)")
 
     def check_prompt(self, prompt_ids: Sequence[int], vocab_size: int) -> None:
         """Refuse a prompt that is empty, holds ids outside the vocabulary or leaves no room
