@@ -43,7 +43,8 @@ class SamplingParams:
 
     def check_prompt(self, prompt_ids: Sequence[int], vocab_size: int) -> None:
         """Refuse a prompt that is empty, holds ids outside the vocabulary or leaves no room
-        for a generated id under `max_length`."""
+        for a generated id under `max_length` (HF would still generate one id, then return
+        nothing after dropping it)."""
         if not prompt_ids:
             raise InvalidInput("input_ids", "is empty", "at least one token id")
         low, high = min(prompt_ids), max(prompt_ids)
