@@ -65,7 +65,7 @@ MODELS = ("preprocess", "vq02", "vq06", "token_merge", "audio_tokenizer")
 PYTHON_MODELS = ("preprocess", "vq02", "vq06", "token_merge")
 # with --editx: the LLM, the decoder and the clone entry points
 EDITX_MODELS = ("speaker_embedding", "prompt_features", "prompt_encoder", "prompt_builder",
-                "llm_stream", "llm", "token2wav", "clone", "clone_stream")
+                "edit_prompt_builder", "llm_stream", "llm", "token2wav", "clone", "clone_stream")
 EDITX_PYTHON_MODELS = tuple(m for m in EDITX_MODELS if m != "prompt_encoder")
 ENGINE_OF = {"vq02": ep.VQ02, "vq06": ep.VQ06}  # Python model → its engine model (GPU only)
 ENGINE_MODELS = tuple(ENGINE_OF.values())
@@ -95,7 +95,8 @@ REQUIRED_EDITX = (
 LLM_DTYPES = ("float32", "bfloat16")
 # --instances applies to these; llm_stream holds one continuous batch (one instance per GPU),
 # llm / clone answer from worker threads
-INSTANCED_EDITX = ("speaker_embedding", "prompt_features", "prompt_builder", "token2wav")
+INSTANCED_EDITX = ("speaker_embedding", "prompt_features", "prompt_builder", "edit_prompt_builder",
+                   "token2wav")
 
 
 class BuildError(RuntimeError):

@@ -44,6 +44,7 @@ FINGERPRINT_SOURCES = ("build_scripts/make_synthetic_editx.py", "build_scripts/s
                        "build_scripts/synthetic/campplus_onnx.py",
                        "build_scripts/synthetic/random_init.py", "python_backends/settings.py",
                        "python_backends/llm/step1_config.py", "python_backends/llm/spm_proto.py",
+                       "python_backends/llm/prompt_templates.py",
                        "python_backends/decoder/*.py")
 FILES = ("config.json", "model-00001.safetensors", "model.safetensors.index.json", "tokenizer.model",
          "tokenizer_config.json") + tuple(f"{COSYVOICE_DIR}/{name}" for name in (

@@ -3,7 +3,7 @@
     python -m client tokenize FILE.wav [--url HOST:PORT] [--protocol grpc|http] [--json OUT]
         [--timing]
     python -m client clone --prompt-wav P.wav --prompt-text "..." --text "..." -o OUT.wav
-        [--url HOST:PORT] [--protocol grpc|http] [--stream] [--seed N] [--greedy]
+        [--url HOST:PORT] [--protocol grpc|http] [--stream] [--seed N] [--greedy] [--max-new-tokens N]
 
 Any sample rate (from 8 kHz) and channel count soundfile reads. `tokenize` prints the tokens as
 JSON, or writes them to OUT; --timing adds the per-model Triton timing on stderr. `clone`
@@ -50,7 +50,8 @@ def clone_file(args) -> str:
     with CloneClient(args.url, args.protocol, timeout_s=args.timeout) as client:
         start = time.perf_counter()
         wave, out_rate = client.clone(audio, rate, args.prompt_text, args.text, stream=args.stream,
-                                      seed=args.seed, greedy=True if args.greedy else None)
+                                      seed=args.seed, greedy=True if args.greedy else None,
+                                      max_new_tokens=args.max_new_tokens)
         total = time.perf_counter() - start
         table = format_stage_times(client.stage_times(), client.stages,
                                    "clone_stream" if args.stream else "clone")
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     cl.add_argument("--stream", action="store_true", help="clone_stream: audio in chunks (gRPC)")
     cl.add_argument("--seed", type=int, default=None, help="reproducible sampling and vocoder noise")
     cl.add_argument("--greedy", action="store_true", help="greedy LLM decoding instead of sampling")
+    cl.add_argument("--max-new-tokens", type=int, default=None,
+                    help="at most this many LLM audio tokens (about 42 per second of speech)")
     cl.add_argument("--timeout", type=float, default=None, help="client deadline in seconds")
     args = parser.parse_args(argv)
 

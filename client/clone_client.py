@@ -41,7 +41,8 @@ class CloneClient(TritonModelClient):
 
     def inputs(self, waveform, sample_rate: int, prompt_text: str, text: str, channels: int = 1,
                seed: int | None = None, greedy: bool | None = None, temperature: float | None = None,
-               top_k: int | None = None, max_length: int | None = None) -> list:
+               top_k: int | None = None, max_length: int | None = None,
+               max_new_tokens: int | None = None) -> list:
         audio, channels = interleave(waveform, channels)
         tensors = [
             self._input("waveform", audio.reshape(1, -1)),
@@ -52,7 +53,7 @@ class CloneClient(TritonModelClient):
         ]
         optional = (("seed", seed, np.int64), ("greedy", greedy, np.bool_),
                     ("temperature", temperature, np.float32), ("top_k", top_k, np.int32),
-                    ("max_length", max_length, np.int32))
+                    ("max_length", max_length, np.int32), ("max_new_tokens", max_new_tokens, np.int32))
         tensors += [self._input(name, np.array([[value]], dtype)) for name, value, dtype in optional
                     if value is not None]
         return tensors
@@ -60,7 +61,7 @@ class CloneClient(TritonModelClient):
     def clone(self, waveform, sample_rate: int, prompt_text: str, text: str, stream: bool = False,
               **options) -> tuple[np.ndarray, int]:
         """→ (float32 waveform, its sample rate). `options`: channels, seed, greedy, temperature,
-        top_k, max_length."""
+        top_k, max_length, max_new_tokens."""
         inputs = self.inputs(waveform, int(sample_rate), prompt_text, text, **options)
         if stream:
             return self._clone_stream(inputs)

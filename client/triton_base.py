@@ -2,6 +2,8 @@
 server's message, and per-model timing from Triton's statistics."""
 from __future__ import annotations
 
+import numpy as np
+
 DEFAULT_URLS = {"grpc": "localhost:8001", "http": "localhost:8000"}
 
 

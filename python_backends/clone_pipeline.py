@@ -22,8 +22,9 @@ from typing import Callable
 import numpy as np
 
 from . import triton_io
-from .engine_client import EngineClient, EngineError
-from .errors import ForwardedInvalidInput, InvalidInput
+from .engine_client import EngineClient
+from .errors import InvalidInput
+from .triton_editx_io import read_text
 from .prompt_cache import PromptCache, PromptFeatures, prompt_key
 from .settings import DECODER, EditxSettings
 
@@ -35,33 +36,17 @@ class CloneRequest:
     waveform: np.ndarray  # interleaved float32
     sample_rate: int
     channels: int
-    prompt_text: bytes
-    target_text: bytes
+    prompt_text: str
+    target_text: str
     seed: int
-    generation: dict  # optional llm inputs the client sent: max_length, temperature, top_k, greedy
-
-
-def read_text(request, name: str) -> bytes:
-    """A BYTES [1] input, checked to be UTF-8 (its content is checked by prompt_builder)."""
-    tensor = triton_io.pb().get_input_tensor_by_name(request, name)
-    if tensor is None:
-        raise InvalidInput(name, "is missing", "every request must carry it")
-    values = tensor.as_numpy().reshape(-1)
-    if values.size != 1:
-        raise InvalidInput(name, f"holds {values.size} strings", "exactly one UTF-8 string")
-    raw = values[0] if isinstance(values[0], bytes) else str(values[0]).encode("utf-8")
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(name, f"is not valid UTF-8 (byte {exc.start})", "UTF-8 text") from None
-    return raw
+    generation: dict  # optional llm inputs the client sent: max_length, max_new_tokens, temperature, top_k, greedy
 
 
 def read_clone_request(request) -> CloneRequest:
     io = triton_io
     generation = {}
-    for name, dtype in (("max_length", np.int32), ("temperature", np.float32),
-                        ("top_k", np.int32), ("greedy", np.bool_)):
+    for name, dtype in (("max_length", np.int32), ("max_new_tokens", np.int32),
+                        ("temperature", np.float32), ("top_k", np.int32), ("greedy", np.bool_)):
         value = io.read_utterance(request, name, dtype, optional=True)
         if value is not None:
             generation[name] = value
@@ -82,8 +67,8 @@ def _batched(value) -> np.ndarray:
     return array[None] if array.ndim else array.reshape(1, 1)
 
 
-def _text(value: bytes) -> np.ndarray:
-    return np.array([[value]], dtype=np.object_)
+def _text(value: str | bytes) -> np.ndarray:
+    return np.array([[value.encode("utf-8") if isinstance(value, str) else value]], dtype=np.object_)
 
 
 class ClonePipeline:
@@ -95,12 +80,7 @@ class ClonePipeline:
                        ("prompt_encoder", "prompt_builder", "llm_stream", "token2wav")}
 
     def _call(self, model: str, inputs: dict, outputs: list[str]) -> dict:
-        try:
-            return self.models[model].infer(inputs, outputs)
-        except EngineError as exc:
-            if exc.invalid_input:
-                raise ForwardedInvalidInput(str(exc).split(" failed: ", 1)[-1]) from None
-            raise
+        return self.models[model].infer(inputs, outputs)
 
     def prompt_features(self, req: CloneRequest) -> tuple[PromptFeatures, bool]:
         def encode() -> PromptFeatures:
@@ -117,8 +97,7 @@ class ClonePipeline:
     def llm_ids(self, req: CloneRequest, features: PromptFeatures) -> np.ndarray:
         out = self._call("prompt_builder", {
             "prompt_text": _text(req.prompt_text), "target_text": _text(req.target_text),
-            "token_str": _text(features.token_str if isinstance(features.token_str, bytes)
-                               else features.token_str.encode("utf-8")),
+            "token_str": _text(features.token_str),
             "waveform": _batched(req.waveform), "channels": _batched(np.int32(req.channels))},
             ["input_ids"])
         return out["input_ids"][0]
@@ -127,12 +106,7 @@ class ClonePipeline:
         inputs = {"input_ids": _batched(input_ids.astype(np.int32)),
                   "seed": _batched(np.int64(req.seed)), "stream": _batched(np.bool_(False))}
         inputs.update({k: _batched(v[:1]) for k, v in req.generation.items()})
-        try:
-            chunks = [r["output_ids"][0] for r in self.models["llm_stream"].stream(inputs, ["output_ids"])]
-        except EngineError as exc:
-            if exc.invalid_input:
-                raise ForwardedInvalidInput(str(exc).split(" failed: ", 1)[-1]) from None
-            raise
+        chunks = [r["output_ids"][0] for r in self.models["llm_stream"].stream(inputs, ["output_ids"])]
         return np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
 
     def decode(self, req: CloneRequest, generated: np.ndarray, features: PromptFeatures) -> np.ndarray:

@@ -23,17 +23,15 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from . import engine_metadata
+from .errors import ForwardedInvalidInput
 
 ENGINE_PARAMETER = "engine_model"
 
 
 class EngineError(RuntimeError):
-    """The called model answered with an error (or without a requested output).
-    `invalid_input`: it refused the request's input (INVALID_ARG), not failed by itself."""
-
-    def __init__(self, message: str, invalid_input: bool = False):
-        super().__init__(message)
-        self.invalid_input = invalid_input
+    """The called model failed (or answered without a requested output). A model that refused
+    its input (INVALID_ARG) raises ForwardedInvalidInput instead, so the caller's client gets
+    that message as its own input error."""
 
 
 def _pb():
@@ -89,9 +87,9 @@ class EngineClient:
         if response.has_error():
             error = response.error()
             codes = getattr(self.pb, "TritonError", None)
-            invalid = codes is not None and hasattr(error, "code") and error.code() == codes.INVALID_ARG
-            raise EngineError(f"model '{self.model_name}' failed: {error.message()}",
-                              invalid_input=invalid)
+            if codes is not None and hasattr(error, "code") and error.code() == codes.INVALID_ARG:
+                raise ForwardedInvalidInput(error.message())
+            raise EngineError(f"model '{self.model_name}' failed: {error.message()}")
         result = {}
         for name in outputs:
             tensor = self.pb.get_output_tensor_by_name(response, name)
