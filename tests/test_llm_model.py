@@ -90,7 +90,7 @@ def test_forward_equals_reference_on_a_whole_prompt(model, weights):
         ref, _ = reference_forward(weights, prompt)
         assert ours.shape == (len(prompt), 74752) and ours.dtype == torch.float32
         torch.testing.assert_close(ours, ref, rtol=0, atol=2e-5)
-        assert ref.std() > 1.0  # the synthetic logits are spread, not all equal
+        assert ref[:, 65536:70656].std() > 1.0  # the synthetic logits are spread, not all equal
 
 
 def test_chunked_prefill_equals_reference(model, weights):

@@ -25,12 +25,13 @@ from build_scripts.synthetic.files import atomic_open, write_bytes_atomic
 from build_scripts.synthetic.random_init import normal
 from python_backends.llm.step1_config import Step1Config
 from python_backends.llm.step1_model import INDEX_FILE, expected_tensors
-from python_backends.settings import LLM_CONFIG_FILE
+from python_backends.settings import LLM, LLM_CONFIG_FILE
 
 LOG = logging.getLogger("step1_checkpoint")
 WEIGHTS_FILE = "model-00001.safetensors"
 VOCAB_SIZE = 74752  # audio ids reach 65536 + 5119; the release's vocabulary
 LOGIT_STD = 2.5
+NON_AUDIO_ROW_SCALE = 0.05
 
 PRESETS: dict[str, Step1Config] = {
     # 12 heads / 4 groups: head_dim 8, and the slope formula's "extra heads" branch (12 = 8 + 4)
@@ -77,6 +78,17 @@ def init_std(name: str, shape: tuple, config: Step1Config) -> tuple[float, float
     return 0.0, std
 
 
+def speech_like_head(lm_head: torch.Tensor) -> torch.Tensor:
+    """Shrink the rows of non-audio ids so a random model speaks: their logits stay near 0
+    while audio ids' spread ~LOGIT_STD, so top-k 50 and greedy pick <audio_N> ids, as the real
+    model does after a clone prompt (ids past the audio range would not decode). <|EOT|> is
+    shrunk too: synthetic generation ends at max_length / max_new_tokens."""
+    audio = slice(LLM.audio_token_offset, LLM.audio_token_offset + LLM.audio_tokens)
+    out = lm_head * NON_AUDIO_ROW_SCALE
+    out[audio] = lm_head[audio]
+    return out
+
+
 def write_safetensors_streaming(path: Path, shapes: dict[str, tuple],
                                 make: Callable[[str], torch.Tensor]) -> None:
     """A bf16 safetensors file written tensor by tensor: the header (offsets from the shapes)
@@ -115,7 +127,10 @@ def write_step1_checkpoint(out_dir: Path, preset: str, seed: int) -> list[Path]:
 
     def make(name: str) -> torch.Tensor:
         mean, std = init_std(name, shapes[name], config)
-        return normal(seed, name, shapes[name], std, mean)
+        tensor = normal(seed, name, shapes[name], std, mean)
+        if name == "lm_head.weight":
+            tensor = speech_like_head(tensor)
+        return tensor
 
     weights = out_dir / WEIGHTS_FILE
     write_safetensors_streaming(weights, shapes, make)
