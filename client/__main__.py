@@ -53,8 +53,7 @@ def clone_file(args) -> str:
                                       seed=args.seed, greedy=True if args.greedy else None,
                                       max_new_tokens=args.max_new_tokens)
         total = time.perf_counter() - start
-        table = format_stage_times(client.stage_times(), client.stages,
-                                   "clone_stream" if args.stream else "clone")
+        timing = client.last_timing
     sf.write(args.output, wave, out_rate, subtype="FLOAT")
     seconds = len(wave) / out_rate if out_rate else 0.0
     lines = [f"{args.output}: {seconds:.2f} s of speech at {out_rate} Hz",
@@ -62,7 +61,11 @@ def clone_file(args) -> str:
              f"total {total:.2f} s"]
     if args.stream and client.first_chunk_s is not None:
         lines.append(f"first chunk after {client.first_chunk_s:.2f} s")
-    return "\n".join(lines + [table])
+    if timing:
+        lines.append("server: " + ", ".join(f"{stage} {seconds * 1000:.0f} ms" for stage, seconds
+                                            in timing.items() if stage != "prompt_cached")
+                     + f"; prompt {'cached' if timing.get('prompt_cached') else 'encoded'}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

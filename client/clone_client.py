@@ -10,6 +10,7 @@ Bad input raises `TokenizerError` with the server's message (which names the inp
 """
 from __future__ import annotations
 
+import json
 import queue
 import time
 
@@ -30,6 +31,7 @@ class CloneClient(TritonModelClient):
     def __init__(self, url: str | None = None, protocol: str = "grpc", timeout_s: float | None = None):
         super().__init__(url, protocol, MODEL, timeout_s)
         self.first_chunk_s: float | None = None
+        self.last_timing: dict = {}  # the server's seconds per stage of the last clone
 
     def _input(self, name: str, array: np.ndarray, dtype: str | None = None):
         tensor = self._tc.InferInput(name, list(array.shape), dtype or _triton_dtype(array.dtype))
@@ -66,12 +68,13 @@ class CloneClient(TritonModelClient):
         if stream:
             return self._clone_stream(inputs)
         outputs = [self._tc.InferRequestedOutput(n, **({"binary_data": True} if self.protocol == "http" else {}))
-                   for n in ("waveform", "sample_rate")]
+                   for n in ("waveform", "sample_rate", "timing")]
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" and self.timeout_s else {}
         try:
             result = self._client.infer(MODEL, inputs, outputs=outputs, **kwargs)
         except Exception as exc:  # tritonclient's InferenceServerException
             raise as_client_error(exc) from None
+        self.last_timing = _timing(result)
         return result.as_numpy("waveform").reshape(-1), int(result.as_numpy("sample_rate").reshape(-1)[0])
 
     def _clone_stream(self, inputs: list) -> tuple[np.ndarray, int]:
@@ -94,9 +97,18 @@ class CloneClient(TritonModelClient):
                         self.first_chunk_s = time.perf_counter() - start
                     chunks.append(wave.reshape(-1))
                     rate = int(result.as_numpy("sample_rate").reshape(-1)[0])
+                    self.last_timing = _timing(result)
                 final = result.get_response().parameters.get("triton_final_response")
                 if final is not None and final.bool_param:
                     break
         finally:
             self._client.stop_stream()
         return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), rate
+
+
+def _timing(result) -> dict:
+    raw = result.as_numpy("timing")
+    if raw is None:
+        return {}
+    value = raw.reshape(-1)[0]
+    return json.loads(value.decode("utf-8") if isinstance(value, bytes) else value)

@@ -25,10 +25,12 @@ class CloneModel:
         self.responder = ThreadedResponder(max_workers=max(4, 2 * self.settings.max_active_sequences),
                                            name=args["model_name"])
         pb = triton_io.pb()
-        family = {kind: pb.MetricFamily(name=f"clone_prompt_cache_{kind}",
+        # the families must outlive their metrics: keep both on the instance
+        self.metric_families = {kind: pb.MetricFamily(name=f"clone_prompt_cache_{kind}",
                                         description=f"prompt cache {kind} of the {args['model_name']} model",
                                         kind=pb.MetricFamily.COUNTER) for kind in ("hits", "misses")}
-        self.metrics = {kind: f.Metric(labels={"model": args["model_name"]}) for kind, f in family.items()}
+        self.metrics = {kind: f.Metric(labels={"model": args["model_name"]})
+                        for kind, f in self.metric_families.items()}
 
     def _handle(self, request, sender):
         req = read_clone_request(request)
@@ -37,15 +39,17 @@ class CloneModel:
         self.metrics["hits"].increment(self.cache.hits - hits)
         self.metrics["misses"].increment(self.cache.misses - misses)
         triton_io.pb().Logger.log_info(
-            "clone: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items())
-            + f"; prompt cache hits {self.cache.hits}, misses {self.cache.misses}")
+            "clone: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items()
+                                  if k != "prompt_cached")
+            + f"; prompt cache {'hit' if times['prompt_cached'] else 'miss'} (hits "
+            f"{self.cache.hits}, misses {self.cache.misses})")
         if not self.stream:
-            return output_tensors(wave)
+            return output_tensors(wave, times)
         step = max(1, int(self.settings.stream_chunk_seconds * DECODER.output_sample_rate))
         chunks = [wave[i:i + step] for i in range(0, len(wave), step)]
         for chunk in chunks[:-1]:
-            self.responder.send_partial(sender, output_tensors(chunk))
-        return output_tensors(chunks[-1])
+            self.responder.send_partial(sender, output_tensors(chunk, times))
+        return output_tensors(chunks[-1], times)
 
     def execute(self, requests):
         self.responder.submit(requests, self._handle)

@@ -14,6 +14,7 @@ decoupled model; the straight data flow (prompt_encoder) is an ensemble.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -121,14 +122,13 @@ class ClonePipeline:
             "seed": _batched(np.int64(req.seed))}, ["waveform"])
         return out["waveform"][0]
 
-    def clone(self, req: CloneRequest) -> tuple[np.ndarray, dict[str, float]]:
-        """(24 kHz float32 waveform, seconds per stage)."""
-        times: dict[str, float] = {}
+    def clone(self, req: CloneRequest) -> tuple[np.ndarray, dict]:
+        """(24 kHz float32 waveform, {stage: seconds, "prompt_cached": bool})."""
+        times: dict = {}
         t = time.perf_counter()
         features, hit = self.prompt_features(req)
         times["prompt_encoder"] = time.perf_counter() - t
-        LOG.info("prompt cache %s (hits %d, misses %d)", "hit" if hit else "miss",
-                 self.cache.hits, self.cache.misses)
+        times["prompt_cached"] = hit
         t = time.perf_counter()
         input_ids = self.llm_ids(req, features)
         times["prompt_builder"] = time.perf_counter() - t
@@ -141,6 +141,7 @@ class ClonePipeline:
         return wave, times
 
 
-def output_tensors(wave: np.ndarray) -> list:
+def output_tensors(wave: np.ndarray, timing: dict) -> list:
     return [triton_io.tensor("waveform", wave.astype(np.float32)),
-            triton_io.tensor("sample_rate", np.array([DECODER.output_sample_rate], np.int32))]
+            triton_io.tensor("sample_rate", np.array([DECODER.output_sample_rate], np.int32)),
+            triton_io.bytes_tensor("timing", json.dumps(timing))]

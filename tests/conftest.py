@@ -14,6 +14,7 @@ TEST_MAX_AUDIO_SECONDS = 40.0
 # long enough that 16 concurrent requests certainly meet in the dynamic batcher
 TEST_QUEUE_DELAY_US = 50_000
 TEST_MAX_BATCH_SIZE = 16
+TEST_MAX_TEXT_CHARS = 200
 
 
 # ------------------------------------------------------------------ weights, repository, server
@@ -26,13 +27,22 @@ def tiny_weights() -> Path:
 
 
 @pytest.fixture(scope="session")
-def server_repo(tiny_weights) -> Path:
+def tiny_editx() -> Path:
+    from build_scripts.make_synthetic_editx import build
+
+    return build("tiny", BUILD / "weights" / "tiny-editx")
+
+
+@pytest.fixture(scope="session")
+def server_repo(tiny_weights, tiny_editx) -> Path:
+    """The tokenizer and the clone stages (LLM, decoder, clone entry points) in one repository."""
     from build_scripts.build_repository import RepositoryOptions, build
 
     options = RepositoryOptions(max_batch_size=TEST_MAX_BATCH_SIZE,
                                 queue_delay_us=TEST_QUEUE_DELAY_US,
-                                max_audio_seconds=TEST_MAX_AUDIO_SECONDS)
-    return build(tiny_weights, TEST_REPO, options)
+                                max_audio_seconds=TEST_MAX_AUDIO_SECONDS,
+                                max_text_chars=TEST_MAX_TEXT_CHARS)
+    return build(tiny_weights, TEST_REPO, options, editx=tiny_editx)
 
 
 def repository_settings(repo: Path, model: str = "vq02"):
