@@ -80,9 +80,12 @@ serve() {  # serve REPO [more tritonserver arguments]
         say "$repo holds no built repository: run the init service first"
         exit 1
     fi
+    # explicit model control (every model loaded at start) lets docker/healthcheck.py reload a
+    # model whose Python stub died
     # shellcheck disable=SC2086  # TRITON_ARGS is a list of flags
     exec tritonserver --model-repository="$repo" --http-port=8000 --grpc-port=8001 \
-        --metrics-port=8002 --disable-auto-complete-config --exit-timeout-secs=30 "$@" $TRITON_ARGS
+        --metrics-port=8002 --disable-auto-complete-config --exit-timeout-secs=30 \
+        --model-control-mode=explicit --load-model='*' "$@" $TRITON_ARGS
 }
 
 cpu() {

@@ -66,7 +66,8 @@ def test_config_validates_and_each_profile_serves_on_the_triton_ports(profile):
     assert published(server) == PORTS
     assert [int(p["target"]) for p in server["ports"]] == PORTS
     assert server["shm_size"] == "2gb"
-    assert "http://localhost:8000/v2/health/ready" in " ".join(server["healthcheck"]["test"])
+    assert server["healthcheck"]["test"] == ["CMD", "python3", "/opt/step_audio_triton/docker/healthcheck.py",
+                                             "--url", "localhost:8000"]
     assert server["image"] == "step-audio-triton:latest"
     assert server["build"]["dockerfile"] == "docker/Dockerfile"
 
