@@ -1,0 +1,69 @@
+"""perf/saturation.py, short: a 20 s ramp + overload run against the session server's
+`audio_tokenizer`, and the parts the verdict rests on (failure counting, memory growth, the
+server's process tree, loopback only). The 10-minute run is the script itself."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from perf import saturation as sat
+
+RATE_ERROR = ("InferenceServerException: in ensemble 'audio_tokenizer', input 'sample_rate': "
+              "got 4000 Hz; allowed: an integer from 8000 to 192000 Hz")
+
+
+@pytest.fixture(scope="module")
+def requests():
+    return sat.INPUT_BUILDERS["audio_tokenizer"](1.0)[:2]
+
+
+def test_short_run_at_and_above_saturation_passes(triton_server, requests):
+    report = sat.saturate(triton_server.grpc_url, "grpc", "audio_tokenizer", requests, seconds=20,
+                          ramp=(1, 2, 4), ramp_seconds=2, overload=2, sample_every=1,
+                          max_growth_pct=10)
+    assert [p.concurrency for p in report.ramp][:2] == [1, 2]
+    assert report.saturation_concurrency in (1, 2, 4)
+    assert report.main.concurrency == 2 * report.saturation_concurrency
+    assert report.failed == 0 and report.main.count > 0
+    summary = report.main.summary()
+    assert summary["p50_ms"] <= summary["p90_ms"] <= summary["p99_ms"] <= summary["max_ms"]
+    assert len(report.memory) >= 8 and all(mib > 100 for _, mib in report.memory)
+    assert report.growth_pct is not None and report.passed, report.to_json()
+    assert json.loads(json.dumps(report.to_json()))["passed"] is True
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_failed_requests_are_counted_by_message_and_fail_the_verdict(triton_server, requests,
+                                                                     protocol):
+    bad = [{**r, "sample_rate": np.array([[4000]], np.int32)} for r in requests]
+    url = triton_server.grpc_url if protocol == "grpc" else triton_server.http_url
+    report = sat.saturate(url, protocol, "audio_tokenizer", bad, seconds=2, concurrency=2,
+                          sample_every=0.5)
+    assert report.main.count > 0
+    assert report.main.failures == {RATE_ERROR: report.main.count}
+    assert report.failed == report.main.count and not report.passed
+
+
+def test_the_server_is_found_by_its_port_with_its_stubs(triton_server):
+    pid = sat.find_server(triton_server.grpc_port)
+    assert pid == triton_server.process.pid == sat.find_server(triton_server.http_port)
+    tree = sat.process_tree(pid)
+    stubs = [p for p in tree if p != pid]
+    assert len(stubs) >= 4  # one Python backend stub per model instance
+    assert sat.server_memory_mib(pid) > sum(sat.memory_kib(p) for p in stubs) / 1024
+
+
+def test_growth_compares_the_last_quarter_with_the_second():
+    assert sat.growth_pct([500, 100, 100, 100, 105, 105, 110, 110]) == pytest.approx(10.0)
+    assert sat.growth_pct([100.0] * 12) == 0.0
+    assert sat.growth_pct([100.0] * 7) is None
+
+
+@pytest.mark.parametrize("url", ["10.1.2.3:8001", "8.8.8.8:8000"])
+def test_only_loopback_servers_are_driven(url):
+    with pytest.raises(SystemExit, match="is not a loopback address"):
+        sat.loopback_only(url)
+    sat.loopback_only("localhost:8001")
+    sat.loopback_only("127.0.0.1:8000")
