@@ -145,7 +145,7 @@ class Step1Attention(nn.Module):
         query = group_heads(self.q_proj(x).view(b, q, self.heads, self.head_dim).transpose(1, 2),
                             self.groups)
         out = F.scaled_dot_product_attention(query, keys, values, attn_mask=bias)
-        return self.o_proj(out.view(b, self.heads, q, self.head_dim).transpose(1, 2)
+        return self.o_proj(out.reshape(b, self.heads, q, self.head_dim).transpose(1, 2)
                            .reshape(b, q, -1))
 
 
@@ -301,7 +301,13 @@ def read_step1_weights(model_dir: str | Path, dtype: torch.dtype = torch.float32
 
 def load_step1(model_dir: str | Path, device="cpu", dtype: torch.dtype = torch.float32
                ) -> Step1Model:
-    """A ready Step1Model in eval mode on `device` in `dtype`."""
+    """A ready Step1Model in eval mode on `device` in `dtype`.
+
+    On CUDA this turns off cuDNN's attention for the process: it builds an execution plan per
+    shape, and decoding meets a new key length every step (measured on an H100: the first
+    pass over new lengths ran 3x slower than the HF-style reference)."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(False)
     config, weights = read_step1_weights(model_dir, dtype=dtype, device=device)
     with torch.device("meta"):
         model = Step1Model(config)
