@@ -131,6 +131,9 @@ class RepositoryOptions:
     llm_max_length: int = EditxSettings.max_length
     max_active_sequences: int = EditxSettings.max_active_sequences
     prompt_cache_entries: int = EditxSettings.prompt_cache_entries
+    # "vllm": also serve the LLM as `llm_vllm` on Triton's vLLM backend (GPU; build_scripts/vllm_variant.py)
+    llm_engine: str = "python"
+    vllm_gpu_memory_utilization: float | None = None  # None: vllm_variant's default
 
     def instance_count(self, model: str) -> int:
         return dict(self.instances).get(model, 1)
@@ -466,6 +469,10 @@ def build(weights: str | Path, out: str | Path, options: RepositoryOptions = Rep
         raise BuildError("--num-threads must be >= 0")
     if options.placement and options.device != "gpu":
         raise BuildError("--placement needs --device gpu")
+    if options.llm_engine not in ("python", "vllm"):
+        raise BuildError(f"--llm-engine must be python or vllm, not '{options.llm_engine}'")
+    if options.llm_engine == "vllm" and (options.device != "gpu" or editx is None):
+        raise BuildError("--llm-engine vllm needs --device gpu and --editx")
     weights = check_weights(weights)
     editx_config = editx_settings(check_editx(editx), options) if editx is not None else None
     settings = TokenizerSettings(weights_dir=str(weights), device="cpu",
@@ -494,6 +501,19 @@ def build(weights: str | Path, out: str | Path, options: RepositoryOptions = Rep
         if engine.runtime == "tensorrt":
             meta_src = em.metadata_path(engine.source)
             write_if_changed(em.metadata_path(version / engine.filename), meta_src.read_bytes())
+    from build_scripts import vllm_variant  # it imports this module: not at the top
+
+    if editx_config is not None and options.llm_engine == "vllm":
+        gpus = pl.model_gpus(dict(options.placement), options.gpus)["llm_stream"]
+        for rel, text in vllm_variant.vllm_model_files(
+                editx_config.editx_dir, gpus=gpus,
+                gpu_memory_utilization=(options.vllm_gpu_memory_utilization
+                                        or vllm_variant.DEFAULT_GPU_MEMORY_UTILIZATION),
+                max_model_len=options.llm_max_length,
+                max_num_seqs=options.max_active_sequences).items():
+            write_if_changed(out / rel, text.encode("utf-8"))
+    else:
+        remove_generated(out, (vllm_variant.VLLM_MODEL,))
     if not engines:
         remove_stale_engines(out)
     if editx_config is None:
@@ -556,6 +576,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-cache-entries", type=int,
                         default=RepositoryOptions.prompt_cache_entries,
                         help="clone: voices whose prompt tokens and features are kept (0: no cache)")
+    parser.add_argument("--llm-engine", default="python", choices=("python", "vllm"),
+                        help="vllm: also serve the LLM as llm_vllm on Triton's vLLM backend "
+                             "(GPU, NGC *-vllm-python-py3 image; README: vLLM variant)")
+    parser.add_argument("--vllm-gpu-memory-utilization", type=float, default=None,
+                        help="vLLM's gpu_memory_utilization (default 0.30: weights + KV cache)")
     args = parser.parse_args(argv)
     try:
         gpus = tuple(int(g) for g in args.gpus.split(",") if g.strip())
@@ -576,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
             editx_dtype=args.editx_dtype, inner_bos=args.inner_bos,
             max_text_chars=args.max_text_chars, max_prompt_seconds=args.max_prompt_seconds,
             llm_max_length=args.llm_max_length, max_active_sequences=args.max_active_sequences,
-            prompt_cache_entries=args.prompt_cache_entries)
+            prompt_cache_entries=args.prompt_cache_entries, llm_engine=args.llm_engine,
+            vllm_gpu_memory_utilization=args.vllm_gpu_memory_utilization)
         out = build(args.weights, args.out, options, editx=args.editx)
     except (BuildError, pl.PlacementError) as exc:
         print(f"build_repository: error: {exc}", file=sys.stderr)
