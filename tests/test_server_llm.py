@@ -264,7 +264,8 @@ def test_seeded_sampling_reproducible_and_equal_to_reference(triton_server, weig
 def test_seeded_sampling_over_the_stream(triton_server):
     answer = stream_llm(triton_server.grpc_url, PROMPTS[2], seed=99, **SAMPLED)
     assert answer.errors == []
-    assert sum(answer.chunks, []) == grpc_llm(triton_server.grpc_url, PROMPTS[2], seed=99, **SAMPLED)
+    unary = grpc_llm(triton_server.grpc_url, PROMPTS[2], seed=99, **SAMPLED)
+    assert sum(answer.chunks, []) == unary
 
 
 # ------------------------------------------------------------------ bad input
@@ -323,8 +324,8 @@ def test_bad_input_over_http_llm(triton_server, bad, greedy_reference, case_id):
     assert http_llm(triton_server.http_url, PROMPTS[0], **GREEDY) == greedy_reference[0]
 
 
-FORWARDING_BUG = ("llm forwards llm_stream's INVALID_ARG as an internal error: Triton 2.51's "
-                  "python backend gives BLS error responses the INTERNAL code, so "
+FORWARDING_BUG = ("llm answers llm_stream's input errors as internal errors: the BLS response "
+                  "error does not carry INVALID_ARG in Triton 2.51's python backend, so "
                   "EngineClient raises EngineError instead of ForwardedInvalidInput")
 
 
