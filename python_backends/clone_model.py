@@ -35,7 +35,7 @@ class CloneModel:
     def _handle(self, request, sender):
         req = read_clone_request(request)
         hits, misses = self.cache.hits, self.cache.misses
-        wave, times = self.pipeline.clone(req)
+        wave, times = self.pipeline.clone(req, request.is_cancelled)
         self.metrics["hits"].increment(self.cache.hits - hits)
         self.metrics["misses"].increment(self.cache.misses - misses)
         triton_io.pb().Logger.log_info(

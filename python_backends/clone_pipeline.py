@@ -24,7 +24,7 @@ import numpy as np
 
 from . import triton_io
 from .engine_client import EngineClient
-from .errors import InvalidInput
+from .errors import InvalidInput, RequestCancelled
 from .triton_editx_io import read_text
 from .prompt_cache import PromptCache, PromptFeatures, prompt_key
 from .settings import DECODER, EditxSettings
@@ -103,11 +103,14 @@ class ClonePipeline:
             ["input_ids"])
         return out["input_ids"][0]
 
-    def generate(self, req: CloneRequest, input_ids: np.ndarray) -> np.ndarray:
+    def generate(self, req: CloneRequest, input_ids: np.ndarray,
+                 cancelled: Callable[[], bool] | None = None) -> np.ndarray:
+        # streamed, so a cancelled clone stops the LLM between ids
         inputs = {"input_ids": _batched(input_ids.astype(np.int32)),
-                  "seed": _batched(np.int64(req.seed)), "stream": _batched(np.bool_(False))}
+                  "seed": _batched(np.int64(req.seed)), "stream": _batched(np.bool_(True))}
         inputs.update({k: _batched(v[:1]) for k, v in req.generation.items()})
-        chunks = [r["output_ids"][0] for r in self.models["llm_stream"].stream(inputs, ["output_ids"])]
+        chunks = [r["output_ids"][0] for r in
+                  self.models["llm_stream"].stream(inputs, ["output_ids"], cancelled)]
         return np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
 
     def decode(self, req: CloneRequest, generated: np.ndarray, features: PromptFeatures) -> np.ndarray:
@@ -122,19 +125,29 @@ class ClonePipeline:
             "seed": _batched(np.int64(req.seed))}, ["waveform"])
         return out["waveform"][0]
 
-    def clone(self, req: CloneRequest) -> tuple[np.ndarray, dict]:
-        """(24 kHz float32 waveform, {stage: seconds, "prompt_cached": bool})."""
+    def clone(self, req: CloneRequest, cancelled: Callable[[], bool] = lambda: False
+              ) -> tuple[np.ndarray, dict]:
+        """(24 kHz float32 waveform, {stage: seconds, "prompt_cached": bool}). `cancelled()` is
+        checked between stages and during generation."""
+
+        def check(stage: str) -> None:
+            if cancelled():
+                raise RequestCancelled(f"clone cancelled before {stage}")
+
         times: dict = {}
         t = time.perf_counter()
         features, hit = self.prompt_features(req)
         times["prompt_encoder"] = time.perf_counter() - t
         times["prompt_cached"] = hit
+        check("prompt_builder")
         t = time.perf_counter()
         input_ids = self.llm_ids(req, features)
         times["prompt_builder"] = time.perf_counter() - t
+        check("llm_stream")
         t = time.perf_counter()
-        generated = self.generate(req, input_ids)
+        generated = self.generate(req, input_ids, cancelled)
         times["llm"] = time.perf_counter() - t
+        check("token2wav")
         t = time.perf_counter()
         wave = self.decode(req, generated, features)
         times["token2wav"] = time.perf_counter() - t

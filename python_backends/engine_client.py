@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from . import engine_metadata
-from .errors import ForwardedInvalidInput
+from .errors import INVALID_INPUT_MESSAGE, ForwardedInvalidInput, RequestCancelled
 
 ENGINE_PARAMETER = "engine_model"
 
@@ -87,7 +87,8 @@ class EngineClient:
         if response.has_error():
             error = response.error()
             codes = getattr(self.pb, "TritonError", None)
-            if codes is not None and hasattr(error, "code") and error.code() == codes.INVALID_ARG:
+            coded = codes is not None and hasattr(error, "code") and error.code() == codes.INVALID_ARG
+            if coded or INVALID_INPUT_MESSAGE.fullmatch(error.message()):
                 raise ForwardedInvalidInput(error.message())
             raise EngineError(f"model '{self.model_name}' failed: {error.message()}")
         result = {}
@@ -101,10 +102,16 @@ class EngineClient:
     def infer(self, inputs: Mapping[str, object], outputs: Sequence[str]) -> dict[str, object]:
         return self._outputs(self._request(inputs, outputs).exec(), outputs)
 
-    def stream(self, inputs: Mapping[str, object], outputs: Sequence[str]) -> Iterator[dict[str, object]]:
+    def stream(self, inputs: Mapping[str, object], outputs: Sequence[str],
+               cancelled: Callable[[], bool] | None = None) -> Iterator[dict[str, object]]:
         """A decoupled model's responses, each with the outputs it carries (an empty final
-        response yields nothing)."""
-        for response in self._request(inputs, outputs).exec(decoupled=True):
+        response yields nothing). When `cancelled()` turns true between responses, the call
+        is cancelled (the called model sees it) and RequestCancelled raised."""
+        responses = self._request(inputs, outputs).exec(decoupled=True)
+        for response in responses:
+            if cancelled is not None and cancelled():
+                responses.cancel()
+                raise RequestCancelled(f"cancelled while '{self.model_name}' was answering")
             if response.has_error():
                 self._outputs(response, outputs)
             present = [n for n in outputs if self.pb.get_output_tensor_by_name(response, n) is not None]

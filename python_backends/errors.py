@@ -1,8 +1,16 @@
-"""The one error type our models raise for bad client input.
+"""The error types our models raise for bad client input (and for a cancelled request).
 
 Its message always names the input, what was wrong and what is allowed, so a Triton client
 can fix its request without reading server logs.
 """
+
+
+import re
+
+# InvalidInput's message form (optionally prefixed by Triton's ensemble name): how a caller
+# recognises an input error of a model it called by BLS, since Triton 2.51 hands BLS callers
+# every error with the INTERNAL code
+INVALID_INPUT_MESSAGE = re.compile(r"(in ensemble '[^']+', )?input '[^']+': .+; allowed: .+", re.S)
 
 
 class InvalidInput(ValueError):
@@ -19,3 +27,7 @@ class ForwardedInvalidInput(InvalidInput):
     def __init__(self, message: str):
         ValueError.__init__(self, message)
         self.input_name, self.problem, self.allowed = "", message, ""
+
+
+class RequestCancelled(RuntimeError):
+    """The client cancelled the request or its deadline passed; work for it stops."""

@@ -92,7 +92,8 @@ class LlmStreamModel:
                 else:
                     sender.send(pb.InferenceResponse(output_tensors=[_ids_tensor(ids)]), flags=final)
 
-            self.generator.submit(prompt.tolist(), params, on_token if stream else None, on_done)
+            self.generator.submit(prompt.tolist(), params, on_token if stream else None, on_done,
+                                  cancelled=sender.is_cancelled)
         except Exception as exc:  # noqa: BLE001 - bad input or a stopped generator: this request only
             if not isinstance(exc, InvalidInput):
                 triton_io.log_internal(exc)
@@ -117,13 +118,14 @@ class LlmModel:
                                            name="llm")
 
     def _handle(self, request, sender):
+        # streamed from llm_stream, so a cancelled request is noticed between ids
         inputs = {"input_ids": triton_io.read_utterance(request, "input_ids", np.int32)[None],
-                  "stream": np.array([[False]])}
+                  "stream": np.array([[True]])}
         for name, dtype in GENERATION_INPUTS:
             values = triton_io.read_utterance(request, name, dtype, optional=True)
             if values is not None:
                 inputs[name] = values[None]
-        responses = list(self.engine.stream(inputs, ["output_ids"]))
+        responses = list(self.engine.stream(inputs, ["output_ids"], cancelled=request.is_cancelled))
         ids = np.concatenate([r["output_ids"][0] for r in responses]) if responses else np.zeros(0, np.int32)
         return [_ids_tensor(ids)]
 

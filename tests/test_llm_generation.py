@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from build_scripts.synthetic.step1_checkpoint import write_step1_checkpoint
-from python_backends.errors import InvalidInput
+from python_backends.errors import InvalidInput, RequestCancelled
 from python_backends.llm.generator import BatchedGenerator, GeneratorStopped
 from python_backends.llm.reference import (reference_forward, reference_generate,
                                            reference_weights)
@@ -264,3 +264,27 @@ def test_cuda_generation_matches_cpu(tiny_dir, alone, weights):
     assert gen.generate(PROMPTS[:3], [GREEDY, seeded, GREEDY])[1] == \
         gen.generate([PROMPTS[1]], [seeded])[0]
     assert gen.generate([PROMPTS[0]], [seeded])[0] == first
+
+
+def test_cancelled_request_ends_and_frees_its_slot(model, alone):
+    """A request whose cancelled() turns true ends with RequestCancelled at the next check and
+    leaves its slot; the others are unaffected."""
+    gen = BatchedGenerator(model, max_active=2, cancel_check_steps=2)
+    polls = []
+    done = {}
+
+    def cancelled():
+        polls.append(1)
+        return len(polls) >= 3
+
+    long = SamplingParams(greedy=True, max_length=len(PROMPTS[0]) + 500)
+    gen.submit(PROMPTS[0], long, None, lambda ids, error: done.update(long=(ids, error)),
+               cancelled=cancelled)
+    gen.submit(PROMPTS[1], GREEDY, None, lambda ids, error: done.update(short=(ids, error)))
+    steps = 0
+    while gen.step():
+        steps += 1
+    ids, error = done["long"]
+    assert ids is None and isinstance(error, RequestCancelled)
+    assert done["short"] == (alone[1], None)
+    assert gen.active_count() == 0 and steps < GREEDY.max_length

@@ -320,16 +320,12 @@ def test_bad_input_over_http_llm(triton_server, bad, greedy_reference, case_id):
     ids, options, message = bad[case_id]
     with pytest.raises(InferenceServerException) as caught:
         http_llm(triton_server.http_url, ids, **options)
-    assert caught.value.message().endswith(message)
+    assert caught.value.message() == message
     assert http_llm(triton_server.http_url, PROMPTS[0], **GREEDY) == greedy_reference[0]
 
 
-FORWARDING_BUG = ("llm answers llm_stream's input errors as internal errors: the BLS response "
-                  "error does not carry INVALID_ARG in Triton 2.51's python backend, so "
-                  "EngineClient raises EngineError instead of ForwardedInvalidInput")
-
-
-@pytest.mark.xfail(strict=True, reason=FORWARDING_BUG)
+# llm forwards llm_stream's input errors as its own (Triton 2.51 hands BLS callers every error
+# as INTERNAL: EngineClient recognises our InvalidInput message form)
 @pytest.mark.parametrize("protocol, status", [("http", "400"),
                                               ("grpc", "StatusCode.INVALID_ARGUMENT")])
 def test_bad_input_over_llm_is_an_input_error(triton_server, bad, protocol, status):

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import torch
 
 from .sampling import SamplingParams, final_output, is_finished, next_tokens
+from ..errors import RequestCancelled
 from .step1_model import Step1Model
 
 LOG = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class _Request:
     slot: int = -1
     held: int | None = None  # the newest id, not streamed until the next one exists
     done: bool = False
+    cancelled: Callable[[], bool] | None = None
 
     def finish(self, result: list | None, error: BaseException | None) -> None:
         self.done = True
@@ -59,12 +61,14 @@ class _Request:
 
 class BatchedGenerator:
     def __init__(self, model: Step1Model, max_active: int = 16, device=None,
-                 prefill_chunk: int = 256):
+                 prefill_chunk: int = 256, cancel_check_steps: int = 8):
         if device is not None and torch.device(device) != model.device:
             model = model.to(device)
         self.model = model
         self.max_active = max_active
         self.prefill_chunk = prefill_chunk
+        self.cancel_check_steps = cancel_check_steps
+        self._steps = 0
         self.cache = model.new_cache(max_active)
         self._ids = itertools.count(1)
         self._pending: list[_Request] = []
@@ -77,12 +81,15 @@ class BatchedGenerator:
     # ------------------------------------------------------------------ public API
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams,
-               on_token: TokenCallback | None, on_done: DoneCallback) -> int:
-        """Queue one request; returns its id. Bad input raises `InvalidInput` here."""
+               on_token: TokenCallback | None, on_done: DoneCallback,
+               cancelled: Callable[[], bool] | None = None) -> int:
+        """Queue one request; returns its id. Bad input raises `InvalidInput` here.
+        `cancelled()` is polled every `cancel_check_steps` steps (and before its prefill); once
+        true the request ends with `RequestCancelled` and frees its slot."""
         prompt = [int(i) for i in prompt_ids]
         params.check_prompt(prompt, self.model.config.vocab_size)
         request = _Request(next(self._ids), prompt, len(prompt), params, on_token, on_done,
-                           params.new_generator(self.model.device))
+                           params.new_generator(self.model.device), cancelled=cancelled)
         with self._cond:
             if self._stopping:
                 raise GeneratorStopped("the generator is stopping")
@@ -155,8 +162,12 @@ class BatchedGenerator:
             with self._cond:
                 free = self.max_active - len(self._active)
                 joining, self._pending = self._pending[:free], self._pending[free:]
+            self._cancel(joining, every_step=True)
             for request in joining:
-                self._prefill(request)
+                if not request.done:
+                    self._prefill(request)
+            self._steps += 1
+            self._cancel(self._active)
             self._retire()
             if self._active:
                 self._decode()
@@ -179,6 +190,20 @@ class BatchedGenerator:
                 with self._step_lock:
                     self._fail(self._active, error)
                     self._retire()
+
+    def _cancel(self, requests: list, every_step: bool = False) -> None:
+        """End the requests whose `cancelled()` is true (polled every cancel_check_steps steps:
+        each poll may be a call into the serving process)."""
+        if not every_step and self._steps % self.cancel_check_steps:
+            return
+        for request in requests:
+            try:
+                stop = request.cancelled is not None and request.cancelled()
+            except Exception:  # noqa: BLE001 - a broken probe cancels nothing
+                LOG.exception("cancel check of request %d failed", request.rid)
+                stop = False
+            if stop and not request.done:
+                request.finish(None, RequestCancelled(f"request {request.rid} was cancelled"))
 
     def _prefill(self, request: _Request) -> None:
         request.slot = len(self._active)
