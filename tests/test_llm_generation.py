@@ -287,4 +287,4 @@ def test_cancelled_request_ends_and_frees_its_slot(model, alone):
     ids, error = done["long"]
     assert ids is None and isinstance(error, RequestCancelled)
     assert done["short"] == (alone[1], None)
-    assert gen.active_count() == 0 and steps < GREEDY.max_length
+    assert gen.active_count == 0 and steps < GREEDY.max_length
