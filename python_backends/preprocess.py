@@ -16,6 +16,9 @@ from .resample import resample
 from .settings import ALGORITHM as A, TokenizerSettings
 
 
+TAME_ABOVE = 2.0 ** 64  # far above any real recording (int16 full scale is 2^15)
+
+
 def validate(waveform: np.ndarray, sample_rate: int, channels: int,
              settings: TokenizerSettings) -> None:
     if not settings.min_sample_rate <= sample_rate <= settings.max_sample_rate:
@@ -64,5 +67,14 @@ def preprocess(waveform: np.ndarray, sample_rate: int, settings: TokenizerSettin
     audio = waveform.astype(np.float32, copy=False)
     if channels > 1:
         audio = audio.reshape(-1, channels).mean(axis=1, dtype=np.float32)
-    audio = resample(audio, sample_rate, A.sample_rate)
-    return trim_silence(peak_normalise(audio))
+    return trim_silence(peak_normalise(resample(tame(audio), sample_rate, A.sample_rate)))
+
+
+def tame(audio: np.ndarray) -> np.ndarray:
+    """Samples so large that resampling would overflow float32 (finite, but near 3.4e38) are
+    scaled by a power of two: exact in floating point, and the peak normalisation after the
+    resampler removes the scale again, so the result equals the ideal one."""
+    peak = float(np.abs(audio).max())
+    if peak <= TAME_ABOVE:
+        return audio
+    return (audio * np.float32(2.0 ** -math.ceil(math.log2(peak / TAME_ABOVE)))).astype(np.float32)

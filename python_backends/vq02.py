@@ -59,6 +59,18 @@ def _to_numpy(value) -> np.ndarray:
     return value if isinstance(value, np.ndarray) else value.cpu().numpy()
 
 
+def load_centroids(path: str | Path) -> np.ndarray:
+    """The k-means codebook [codes, dim]; a damaged file is named in the error."""
+    try:
+        centroids = np.load(path)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"vq02 centroids {path} are unreadable: {exc}") from exc
+    if centroids.ndim != 2:
+        raise ValueError(f"vq02 centroids {path} have shape {list(centroids.shape)}, "
+                         "expected [codes, encoder dim]")
+    return centroids
+
+
 class Vq02Tokenizer:
     def __init__(self, paraformer_dir: str, centroids_path: str, device: str = "cpu",
                  dither: float | None = None, engine: str = "torch", onnx_path: str | None = None,
@@ -77,7 +89,7 @@ class Vq02Tokenizer:
         self.engine = engine
         input_size = A.n_mels * A.lfr_m
         if engine == "torch":
-            model = ChunkedEncoderQuantizer(weights.encoder_conf, input_size, np.load(centroids_path))
+            model = ChunkedEncoderQuantizer(weights.encoder_conf, input_size, load_centroids(centroids_path))
             model.load_encoder_state(weights.encoder_state)
             self.model = model.eval().to(self.device)
         elif engine == "onnx":

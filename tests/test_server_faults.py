@@ -188,9 +188,6 @@ def test_corrupt_speech_tokenizer_onnx_is_named(corrupt_start):
             "parsing failed.") in error
 
 
-@pytest.mark.xfail(strict=True, reason="vq02 loads the centroids with np.load and passes its "
-                   "ValueError on: 'cannot reshape array of size 32752 into shape (1024,64)' "
-                   "names no file")
 def test_corrupt_centroids_file_is_named(corrupt_start):
     weights, error, _ = corrupt_start
     line = next(line for line in error.splitlines() if "failed to load 'vq02' version 1" in line)

@@ -290,8 +290,6 @@ def test_the_good_request_is_valid_and_the_predicate_rejects_each_rule(target):
     assert target.violations(lying) == {"waveform"}
 
 
-@pytest.mark.xfail(strict=True, reason="preprocess resamples in float32: finite samples near the "
-                   "float32 maximum overflow to Inf, and vq02/vq06 reject 'audio_16k'")
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_samples_near_float32_max_are_tokenized(protocol, triton_server):
     """Finite float32 samples are valid at any amplitude (peak normalisation rescales them)."""
