@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# bash run.sh demo   set up, build tiny synthetic weights and the model repository, start
-#                    tritonserver, tokenize a generated speech clip through the `audio_tokenizer`
-#                    ensemble over gRPC, print the tokens and per-model timing, stop the server
+# bash run.sh demo   set up, build tiny synthetic weights (tokenizer + EditX LLM/decoder) and the
+#                    model repository, start tritonserver, clone the voice of a generated speech
+#                    clip end to end over gRPC (`clone`: tokenizer, prompt builder, LLM, flow +
+#                    HiFT), write the cloned wav, print per-stage timing and the prompt tokens,
+#                    stop the server
 # bash run.sh test   set up, then run the test suite (extra arguments go to pytest)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -19,15 +21,18 @@ from pathlib import Path
 import soundfile as sf
 
 from build_scripts.build_repository import build as build_repository
-from build_scripts.espeak_clips import speech_of_duration
+from build_scripts.espeak_clips import speech_with_transcript
+from build_scripts.make_synthetic_editx import build as build_editx
 from build_scripts.make_synthetic_weights import build as build_weights
 
 out = Path(sys.argv[1])
 weights = build_weights("tiny", Path("build/weights/tiny"))
-repo = build_repository(weights, Path("build/model_repository"))
-audio, rate = speech_of_duration(8.0, seed=3)
+editx = build_editx("tiny", Path("build/weights/tiny-editx"))
+repo = build_repository(weights, Path("build/model_repository"), editx=editx)
+audio, rate, transcript = speech_with_transcript(8.0, seed=3)
 sf.write(out / "prompt.wav", audio, rate)
-print(f"weights:    {os.path.relpath(weights)} (tiny synthetic preset)")
+(out / "prompt.txt").write_text(transcript + "\n")
+print(f"weights:    {os.path.relpath(weights)}, {os.path.relpath(editx)} (tiny synthetic presets)")
 print(f"repository: {os.path.relpath(repo)}")
 print(f"clip:       {out / 'prompt.wav'} ({len(audio) / rate:.1f} s at {rate} Hz, espeak-ng)")
 PYEOF
@@ -49,7 +54,12 @@ PYEOF
     grpc="$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["grpc_port"])' "$out/ports.json")"
     echo "ready: $(cat "$out/ports.json")"
 
-    echo "== tokenizing $out/prompt.wav over gRPC (python -m client tokenize ... --timing)"
+    echo "== cloning the voice of $out/prompt.wav over gRPC (python -m client clone ...)"
+    # the synthetic LLM never says <|EOT|>: --max-new-tokens bounds it (126 ids = 3 s of speech)
+    "$PY" -m client clone --prompt-wav "$out/prompt.wav" --prompt-text "$(cat "$out/prompt.txt")" \
+        --text "Triton serves this cloned voice." -o "$out/cloned.wav" --url "localhost:$grpc" \
+        --seed 7 --max-new-tokens 126 2>&1
+    echo "== the prompt's audio tokens (python -m client tokenize ... --timing)"
     "$PY" -m client tokenize "$out/prompt.wav" --url "localhost:$grpc" --json "$out/tokens.json" --timing 2>&1
     "$PY" - "$out/tokens.json" <<'PYEOF'
 import json

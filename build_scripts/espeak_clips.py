@@ -93,16 +93,13 @@ def synthesize(text: str, voice: str = "en", speed_wpm: int = 160,
     return np.frombuffer(raw, dtype=np.float32).copy(), rate
 
 
-def speech_of_duration(seconds: float, seed: int = 0) -> tuple[np.ndarray, int]:
-    """Exactly round(seconds·rate) samples of multilingual speech (at espeak's rate), and the rate.
-
-    Sentences, voice variants, speaking rates, pitches and pauses are drawn from `seed`, so a
-    seed always gives the same samples.
-    """
+def speech_with_transcript(seconds: float, seed: int = 0) -> tuple[np.ndarray, int, str]:
+    """`speech_of_duration` and the sentences it speaks (the last one may be cut short)."""
     if seconds <= 0:
         raise ValueError(f"seconds must be > 0, got {seconds}")
     rng = np.random.default_rng(seed)
     pieces: list[np.ndarray] = []
+    spoken: list[str] = []
     have, rate, target = 0, None, None
     while target is None or have < target:
         order = rng.permutation(len(SENTENCES))
@@ -117,7 +114,18 @@ def speech_of_duration(seconds: float, seed: int = 0) -> tuple[np.ndarray, int]:
                 raise RuntimeError(f"espeak-ng voice {voice!r} speaks at {sr} Hz, others at {rate} Hz")
             pause = np.zeros(int(rng.integers(int(0.05 * sr), int(0.35 * sr))), np.float32)
             pieces += [audio, pause]
+            spoken.append(text)
             have += len(audio) + len(pause)
             if have >= target:
                 break
-    return np.concatenate(pieces)[:target], rate
+    return np.concatenate(pieces)[:target], rate, " ".join(spoken)
+
+
+def speech_of_duration(seconds: float, seed: int = 0) -> tuple[np.ndarray, int]:
+    """Exactly round(seconds·rate) samples of multilingual speech (at espeak's rate), and the rate.
+
+    Sentences, voice variants, speaking rates, pitches and pauses are drawn from `seed`, so a
+    seed always gives the same samples.
+    """
+    audio, rate, _ = speech_with_transcript(seconds, seed)
+    return audio, rate
