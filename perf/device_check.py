@@ -223,6 +223,7 @@ def run(data: Path, out: Path, full: bool = True) -> None:
             step(data)
         except Exception as exc:  # noqa: BLE001 - report and go on with the other checks
             record(check=step.__name__, error=f"{type(exc).__name__}: {exc}")
+        (out / "device_check.json").write_text(json.dumps(RESULTS, indent=1))
     for step in () if not full else (time_vq02_core, lambda: time_token2wav(work), lambda: time_llm(work)):
         try:
             step()
