@@ -1,17 +1,22 @@
-"""Build a TensorRT plan for one tokenizer engine, with explicit profiles and a metadata sidecar.
+"""Build a TensorRT plan for one engine (a tokenizer encoder or the flow's DiT estimator), with
+explicit profiles and a metadata sidecar.
 
     python -m build_scripts.build_tensorrt --onnx FILE --out PLAN [--fp16 | --fp32]
         --max-batch-size N [--max-audio-seconds 120] [--opt-batch-size N] [--opt-audio-seconds 10]
-        [--kind auto|vq02_encoder|vq06_encoder] [--limit ROLE=MIN:OPT:MAX ...] [--tf32]
+        [--kind auto|vq02_encoder|vq06_encoder|flow_estimator] [--max-length 8192]
+        [--limit ROLE=MIN:OPT:MAX ...] [--tf32]
         [--workspace-gb G] [--opt-level 3] [--fp32-after TENSOR] [--no-fp32-norms]
         [--force] [--dry-run]
 
-FILE is the vq02 encoder ONNX (build_scripts/export_vq02_onnx.py) or `speech_tokenizer_v1.onnx`
-(the kind is told by the input names). One optimization profile covers every call the Python
-models can make with Triton `max_batch_size` N and audio up to the given length
-(python_backends/engine_profiles.py): vq02 frames/windows/rows up to N × one utterance's,
-vq06 pieces up to N × ceil(seconds / 30) and T up to 3000; opt is a batch of
---opt-batch-size utterances of --opt-audio-seconds.
+FILE is the vq02 encoder ONNX (build_scripts/export_vq02_onnx.py), `speech_tokenizer_v1.onnx`
+or the flow estimator ONNX (build_scripts/export_flow_onnx.py); the kind is told by the input
+names. One optimization profile covers every call the Python models can make with Triton
+`max_batch_size` N and audio up to the given length (python_backends/engine_profiles.py):
+vq02 frames/windows/rows up to N × one utterance's, vq06 pieces up to N × ceil(seconds / 30)
+and T up to 3000; opt is a batch of --opt-batch-size utterances of --opt-audio-seconds. For
+the flow estimator the batch is 2 (guidance) to 2N, opt 2 × (N / 2), and the seconds are the
+prompt's (--max-prompt-seconds of the repository): T up to 2 · (3 · ceil(max_length / 5) +
+3 · ceil(25 · seconds / 3)) mel frames, the LLM's --max-length ids of target plus the prompt.
 
 fp32 (default) clears TF32 unless --tf32, so tokens equal the ONNX Runtime path's; fp16 asks
 TensorRT (PREFER_PRECISION_CONSTRAINTS) to keep normalisation/softmax layers and, for the vq02
@@ -41,9 +46,10 @@ from python_backends.engine_metadata import (Environment, PlanMetadata, atomic_w
                                              metadata_path, onnx_signature, probe_environment,
                                              read_metadata, write_metadata)
 from python_backends.file_io import sha256_file
-from python_backends.engine_profiles import (DEFAULT_OPT_SECONDS, KINDS, VQ02, Limits, Profile,
-                                             ProfileError, Tensor, derive_limits, detect_kind,
-                                             input_profiles, parse_limit)
+from python_backends.engine_profiles import (DEFAULT_OPT_SECONDS, FLOW, KINDS, VQ02, Limits,
+                                             Profile, ProfileError, Tensor, derive_limits,
+                                             detect_kind, input_profiles, parse_limit)
+from python_backends.settings import LLM
 
 LOG = logging.getLogger("build_tensorrt")
 PRECISIONS = ("fp32", "fp16")
@@ -72,14 +78,15 @@ def import_tensorrt():
 
 def plan_inputs(onnx: Path, kind: str | None, max_batch_size: int, max_audio_seconds: float,
                 opt_batch_size: int | None, opt_audio_seconds: float,
-                overrides: dict[str, tuple[int, int, int]]
+                overrides: dict[str, tuple[int, int, int]], max_length: int = LLM.max_length
                 ) -> tuple[str, tuple[Tensor, ...], tuple[Tensor, ...], Limits, dict[str, Profile]]:
     """(kind, inputs, outputs, limits, profiles) for an ONNX file: no TensorRT needed."""
     inputs, outputs = onnx_signature(onnx)
     kind = detect_kind(inputs) if kind in (None, "auto") else kind
     if kind not in KINDS:
         raise ProfileError(f"--kind must be auto or one of {', '.join(KINDS)}, not '{kind}'")
-    limits = derive_limits(kind, max_batch_size, max_audio_seconds, opt_batch_size, opt_audio_seconds)
+    limits = derive_limits(kind, max_batch_size, max_audio_seconds, opt_batch_size, opt_audio_seconds,
+                           max_length=max_length)
     limits.update(overrides)
     return kind, inputs, outputs, limits, input_profiles(kind, inputs, limits)
 
@@ -175,8 +182,8 @@ def build_plan(onnx: str | Path, out: str | Path, precision: str = "fp32", max_b
                limits: dict[str, tuple[int, int, int]] | None = None, tf32: bool = False,
                workspace_gb: float | None = None, opt_level: int | None = None,
                fp32_after: str | None = "default", fp32_norms: bool = True,
-               fp32_pattern: str | None = None, force: bool = False, trt=None,
-               env: Environment | None = None) -> PlanMetadata:
+               fp32_pattern: str | None = None, max_length: int = LLM.max_length,
+               force: bool = False, trt=None, env: Environment | None = None) -> PlanMetadata:
     """Build (or keep, when up to date) the plan `out` for `onnx`; returns its metadata.
 
     `trt` and `env` stand in for the tensorrt module and the probed GPU/TensorRT in tests."""
@@ -187,7 +194,7 @@ def build_plan(onnx: str | Path, out: str | Path, precision: str = "fp32", max_b
         raise ProfileError(f"ONNX file {onnx} does not exist")
     kind, inputs, outputs, lim, profiles = plan_inputs(
         onnx, kind, max_batch_size, max_audio_seconds, opt_batch_size, opt_audio_seconds,
-        dict(limits or {}))
+        dict(limits or {}), max_length)
     trt = import_tensorrt() if trt is None else trt
     env = probe_environment(0) if env is None else env
     if env.gpu_name is None:
@@ -219,7 +226,8 @@ def build_plan(onnx: str | Path, out: str | Path, precision: str = "fp32", max_b
                "opt_batch_size": opt_batch_size, "opt_audio_seconds": opt_audio_seconds,
                "workspace_gb": workspace_gb, "opt_level": opt_level,
                "fp32_after": fp32_after if precision == "fp16" else None,
-               "fp32_norms": fp32_norms if precision == "fp16" else None, **info})
+               "fp32_norms": fp32_norms if precision == "fp16" else None,
+               **({"max_length": max_length} if kind == FLOW else {}), **info})
     write_metadata(out, meta)
     LOG.info("stage=done out=%s bytes=%d seconds=%.1f metadata=%s", out, len(plan), seconds,
              metadata_path(out))
@@ -239,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--opt-batch-size", type=int, default=None, help="default: --max-batch-size")
     ap.add_argument("--opt-audio-seconds", type=float, default=DEFAULT_OPT_SECONDS)
     ap.add_argument("--kind", default="auto", choices=("auto",) + KINDS)
+    ap.add_argument("--max-length", type=int, default=LLM.max_length,
+                    help="flow_estimator: the LLM's max_length (ids of prompt + generated)")
     ap.add_argument("--limit", action="append", default=[], metavar="ROLE=MIN:OPT:MAX",
                     help="override one axis role's range (frames, windows, rows, batch)")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 (off by default)")
@@ -260,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             kind, inputs, _, lim, profiles = plan_inputs(
                 args.onnx, args.kind, args.max_batch_size, args.max_audio_seconds,
-                args.opt_batch_size, args.opt_audio_seconds, overrides)
+                args.opt_batch_size, args.opt_audio_seconds, overrides, args.max_length)
             print(json.dumps({"kind": kind, "limits": {k: list(v) for k, v in lim.items()},
                               "profiles": {k: p.to_json() for k, p in profiles.items()}}, indent=2))
             return 0
@@ -269,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                           opt_audio_seconds=args.opt_audio_seconds, limits=overrides, tf32=args.tf32,
                           workspace_gb=args.workspace_gb, opt_level=args.opt_level,
                           fp32_after=None if args.fp32_after == "none" else args.fp32_after,
-                          fp32_norms=args.fp32_norms, fp32_pattern=args.fp32_layers, force=args.force)
+                          fp32_norms=args.fp32_norms, fp32_pattern=args.fp32_layers,
+                          max_length=args.max_length, force=args.force)
     except ProfileError as exc:
         print(f"build_tensorrt: error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Shape limits of the two tokenizer engines, derived from the serving limits.
+"""Shape limits of the engines (two tokenizer encoders, the flow's DiT), derived from the serving limits.
 
 An engine (TensorRT plan, ONNX Runtime session with the TensorRT provider) must accept every
 call the Python models can make. Those calls are bounded by the Triton `max_batch_size` (how
@@ -9,6 +9,9 @@ many utterances one execute() gets) and the longest accepted audio:
   per window, so ceil(T/4) per utterance) and `rows` (one output row per frame).
 * vq06 `speech_tokenizer_v1.onnx`: `feats` [B, 128, T], `feats_length` [B] → `indices`
   [B, 1, T']. B = 30 s pieces of all utterances of one call, T ≤ 3000 (a 30 s piece).
+* flow estimator (build_scripts/export_flow_onnx.py): x, mu, cond [B, 80, T], mask [B, 1, T],
+  t [B], spks [B, 80]. Guidance runs each request twice (conditional, unconditional) in one
+  call, so B is 2 to 2 × max_batch_size; T is the mel frames of prompt + target (`flow_frames`).
 
 `derive_limits` gives (min, opt, max) per axis role; `input_profiles` turns them into
 min/opt/max shapes per engine input. build_scripts/build_tensorrt.py builds with them and
@@ -21,10 +24,12 @@ import math
 from typing import Iterable, Mapping, Sequence
 
 from .settings import ALGORITHM as A
+from .settings import LLM
 
 VQ02 = "vq02_encoder"
 VQ06 = "vq06_encoder"
-KINDS = (VQ02, VQ06)
+FLOW = "flow_estimator"
+KINDS = (VQ02, VQ06, FLOW)
 DEFAULT_OPT_SECONDS = 10.0
 WHISPER_FRAMES_PER_SECOND = A.sample_rate // 160  # whisper_mel hop
 
@@ -34,9 +39,15 @@ AXIS_ROLES: dict[str, dict[str, dict[int, str]]] = {
            "window_valid": {0: "windows"}, "window_prev": {0: "windows"},
            "key_mask": {0: "windows"}, "out_rows": {0: "rows"}},
     VQ06: {"feats": {0: "batch", 2: "frames"}, "feats_length": {0: "batch"}},
+    FLOW: {**{n: {0: "batch", 2: "frames"} for n in ("x", "mask", "mu", "cond")},
+           "t": {0: "batch"}, "spks": {0: "batch"}},
 }
 # the engine's leading axis is a batch (Triton max_batch_size > 0, dynamic batching)
-BATCHED = {VQ02: False, VQ06: True}
+BATCHED = {VQ02: False, VQ06: True, FLOW: True}
+FLOW_INPUTS = ("x", "mask", "mu", "t", "spks", "cond")  # DiT.forward's arguments
+GUIDANCE_ROWS = 2  # each request runs conditioned and unconditioned in the same estimator call
+MEL_FRAMES_PER_ROW = 2  # the flow's encoder upsamples 25 Hz token rows to 50 Hz mel
+ROWS_PER_SECOND = 25  # vq06 rate = token rows per second of prompt audio
 
 
 class ProfileError(ValueError):
@@ -84,9 +95,12 @@ def detect_kind(inputs: Iterable[Tensor]) -> str:
         return VQ02
     if {"feats", "feats_length"} <= names:
         return VQ06
+    if set(FLOW_INPUTS) <= names:
+        return FLOW
     raise ProfileError(f"inputs {sorted(names)} are neither the vq02 encoder's (feats, pos_enc, "
-                       "window_*, key_mask, out_rows) nor speech_tokenizer_v1's (feats, "
-                       "feats_length); pass --kind")
+                       "window_*, key_mask, out_rows), speech_tokenizer_v1's (feats, "
+                       "feats_length) nor the flow estimator's (x, mask, mu, t, spks, cond); "
+                       "pass --kind")
 
 
 def vq02_frames(seconds: float) -> int:
@@ -109,12 +123,40 @@ def vq06_frames(seconds: float) -> int:
     return min(A.vq06_piece_samples, int(round(seconds * A.sample_rate))) // 160
 
 
+def flow_rows_of_ids(ids: int) -> int:
+    """Token rows of `ids` LLM audio ids: 3 rows per group of 5, the last group padded."""
+    return 3 * math.ceil(ids / 5)
+
+
+def flow_rows_of_seconds(seconds: float) -> int:
+    """At most this many token rows come from `seconds` of prompt audio: 25 vq06 codes per
+    second, 3 rows per group of 3 (leftover codes are dropped), rounded up to a whole group."""
+    return 3 * math.ceil(ROWS_PER_SECOND * seconds / 3)
+
+
+def flow_frames(max_length: int, max_prompt_seconds: float) -> int:
+    """The longest mel the flow can be asked for (its estimator's time axis):
+
+        2 · (3 · ceil(max_length / 5) + 3 · ceil(25 · max_prompt_seconds / 3))
+
+    The target is at most `max_length` LLM ids (the LLM's total-length cap; the prompt's own
+    ids would count against it too, but token2wav also takes prompts that did not come
+    through the LLM), reshaped to rows, plus the prompt's rows, 2 mel frames per row."""
+    return MEL_FRAMES_PER_ROW * (flow_rows_of_ids(max_length) + flow_rows_of_seconds(max_prompt_seconds))
+
+
 def derive_limits(kind: str, max_batch_size: int, max_audio_seconds: float,
                   opt_batch_size: int | None = None,
-                  opt_audio_seconds: float = DEFAULT_OPT_SECONDS) -> Limits:
+                  opt_audio_seconds: float = DEFAULT_OPT_SECONDS, *,
+                  max_length: int = LLM.max_length) -> Limits:
     """(min, opt, max) per axis role of `kind` for calls of up to `max_batch_size`
     utterances of up to `max_audio_seconds`; opt is a batch of `opt_batch_size` (default: the
-    maximum) utterances of `opt_audio_seconds` (capped at the maximum)."""
+    maximum) utterances of `opt_audio_seconds` (capped at the maximum).
+
+    The flow estimator: `max_batch_size` requests (2 rows each, guidance), prompts of up to
+    `max_audio_seconds` and targets of up to `max_length` LLM ids (`flow_frames`); opt is
+    `opt_batch_size` requests (default: half the maximum) with a prompt and a target of
+    `opt_audio_seconds` each."""
     if max_batch_size < 1:
         raise ProfileError("max batch size must be >= 1")
     if not max_audio_seconds > 0:
@@ -136,6 +178,14 @@ def derive_limits(kind: str, max_batch_size: int, max_audio_seconds: float,
         per_utt = vq06_pieces(max_audio_seconds)
         return {"batch": (1, opt_b * min(per_utt, vq06_pieces(opt_s)), max_batch_size * per_utt),
                 "frames": (min(min_frames, max_frames), opt_frames, max_frames)}
+    if kind == FLOW:
+        if max_length < 1:
+            raise ProfileError("max length must be >= 1 LLM id")
+        opt_requests = max(1, max_batch_size // 2) if opt_batch_size is None else opt_b
+        max_frames = flow_frames(max_length, max_audio_seconds)
+        opt_frames = min(MEL_FRAMES_PER_ROW * 2 * flow_rows_of_seconds(opt_s), max_frames)
+        return {"batch": (GUIDANCE_ROWS, GUIDANCE_ROWS * opt_requests, GUIDANCE_ROWS * max_batch_size),
+                "frames": (MEL_FRAMES_PER_ROW, opt_frames, max_frames)}
     raise ProfileError(f"unknown engine kind '{kind}' (one of {', '.join(KINDS)})")
 
 

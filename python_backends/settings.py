@@ -173,6 +173,12 @@ class EditxSettings:
     max_active_sequences: int = 16  # LLM continuous batch: sequences decoded together per step
     prompt_cache_entries: int = 64  # clone: prompt tokens / speaker features kept per voice
     stream_chunk_seconds: float = 1.0  # clone_stream: audio per response
+    # the flow's DiT estimator: "torch" (flow_dit.DiT) or "onnx" (onnxruntime over the file
+    # build_scripts/export_flow_onnx.py writes; CUDA provider when device is cuda:N)
+    flow_engine: str = "torch"
+    # that file; None: the export's default path for these weights
+    # (build/engines/flow_estimator.<weights hash>.onnx); a relative path is taken from the project root
+    flow_onnx: str | None = None
 
     @property
     def max_audio_seconds(self) -> float:

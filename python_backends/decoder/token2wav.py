@@ -40,6 +40,10 @@ class Token2Wav:
         root = settings.cosyvoice_dir
         dtype = getattr(torch, settings.dtype)
         flow = load_flow(root, settings.device, dtype)
+        if settings.flow_engine != "torch":  # onnxruntime only where it is asked for
+            from .estimator_engine import estimator_from_settings
+
+            flow.model.decoder.estimator = estimator_from_settings(settings)
         hift_kwargs = load_cosyvoice_yaml(root / "cosyvoice.yaml")["hift"]
         return cls(flow, load_hift(root / "hift.pt", hift_kwargs, settings.device, dtype))
 

@@ -1,0 +1,233 @@
+"""Export the flow's DiT estimator to ONNX, check it against PyTorch, write it atomically.
+
+    python -m build_scripts.export_flow_onnx --cosyvoice DIR [--out FILE] [--opset 18] [--force]
+
+DIR is a CosyVoice-300M-25Hz directory (cosyvoice.yaml, flow.pt). The graph is
+`DiT.forward(x, mask, mu, t, spks, cond) → estimator_out`, traced with the TorchScript exporter
+(dynamo=False) in float32, with a dynamic batch axis (2 rows per request: guidance) and a
+dynamic time axis (mel frames of prompt + target).
+
+Before anything is written, onnxruntime runs the graph on several batches shaped as
+`solve_euler` calls it (each request's conditioned row, then its unconditioned one; padded
+masks); the largest absolute difference from PyTorch must be at most 1e-4, otherwise nothing
+is written. Then FILE (default build/engines/flow_estimator.<weights hash>.onnx) and FILE.json
+(weights sha256, opset, versions, I/O, check results) replace any old ones, each by a rename.
+An existing FILE whose sidecar matches the weights, opset and exporter code is left alone
+unless --force.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from build_scripts.export_vq02_onnx import _quiet_exporter, _version, io_contract
+from python_backends.decoder.estimator_engine import (OUTPUT, default_onnx_path, metadata_path,
+                                                      weights_digest)
+from python_backends.decoder.cosyvoice_yaml import load_cosyvoice_yaml
+from python_backends.decoder.flow import (COSYVOICE_YAML_FILE, FLOW_FILE, flow_config_from_yaml,
+                                          load_state_strict)
+from python_backends.decoder.flow_dit import DiT
+from python_backends.engine_profiles import FLOW_INPUTS
+from python_backends.file_io import log_stage, sha256_file
+from python_backends.onnx_runtime import onnx_session
+
+LOG = logging.getLogger("export_flow_onnx")
+FORMAT = 1
+DEFAULT_OPSET = 18
+MAX_ABS_DIFF = 1e-4
+REPO = Path(__file__).resolve().parents[1]
+# code whose changes change the exported graph: a sidecar written by other code is stale
+CODE_SOURCES = ("python_backends/decoder/flow_dit.py", "build_scripts/export_flow_onnx.py")
+AXES = {**{n: {0: "batch", 2: "frames"} for n in ("x", "mask", "mu", "cond", OUTPUT)},
+        "t": {0: "batch"}, "spks": {0: "batch"}}
+# check cases: mel frames of each request of one call (2 rows each); 2 is one token row
+CHECK_CASES = ((2,), (57,), (40, 96), (120, 13, 77))
+CHECK_SEED = 11
+
+
+class ExportCheckFailed(RuntimeError):
+    """onnxruntime's velocity differs from PyTorch's by more than MAX_ABS_DIFF: nothing written."""
+
+
+def code_fingerprint() -> str:
+    h = hashlib.sha256()
+    for rel in CODE_SOURCES:
+        h.update(rel.encode() + b"\0" + (REPO / rel).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def read_metadata(onnx_path: Path) -> dict | None:
+    try:
+        return json.loads(metadata_path(onnx_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def is_up_to_date(onnx_path: Path, digest: str, opset: int) -> bool:
+    """FILE exists with the size its sidecar records, exported from these weights by this code."""
+    meta = read_metadata(onnx_path)
+    if not meta or not onnx_path.is_file():
+        return False
+    return (meta.get("format") == FORMAT and meta.get("weights", {}).get("sha256") == digest
+            and meta.get("opset") == opset and meta.get("code_fingerprint") == code_fingerprint()
+            and meta.get("check", {}).get("passed") is True
+            and meta.get("onnx_file", {}).get("bytes") == onnx_path.stat().st_size)
+
+
+def guidance_inputs(frames: tuple[int, ...], channels: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """(x, mask, mu, t, spks, cond) for len(frames) requests as `solve_euler` batches them:
+    conditioned rows, then the same x with mu/spks/cond zeroed; frames past a request are masked."""
+    g = torch.Generator().manual_seed(seed)
+    b, t_max = len(frames), max(frames)
+    x = torch.randn(b, channels, t_max, generator=g)
+    mask = (torch.arange(t_max)[None, :] < torch.tensor(frames)[:, None]).float()[:, None, :]
+    mu = torch.randn(b, channels, t_max, generator=g) * 2
+    spks = torch.randn(b, channels, generator=g)
+    cond = torch.randn(b, channels, t_max, generator=g) * 3 - 4
+    cond[:, :, t_max // 2:] = 0  # the prompt part only
+    t = torch.rand(1, generator=g).expand(2 * b)
+
+    def doubled(v: torch.Tensor) -> torch.Tensor:
+        return torch.cat([v, torch.zeros_like(v)])
+
+    return (torch.cat([x, x]), torch.cat([mask, mask]), doubled(mu), t.contiguous(),
+            doubled(spks), doubled(cond))
+
+
+def load_estimator(cosyvoice: Path) -> DiT:
+    """The DiT of cosyvoice.yaml with flow.pt's `decoder.estimator.*` tensors, float32, eval."""
+    cfg = flow_config_from_yaml(load_cosyvoice_yaml(cosyvoice / COSYVOICE_YAML_FILE))
+    state = torch.load(cosyvoice / FLOW_FILE, map_location="cpu", weights_only=True)
+    prefix = "decoder.estimator."
+    estimator = DiT(cfg.estimator)
+    load_state_strict(estimator, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+                      cosyvoice / FLOW_FILE)
+    return estimator.eval()
+
+
+def run_checks(estimator: torch.nn.Module, onnx_file: Path, channels: int) -> list[dict]:
+    """Velocity of onnxruntime vs PyTorch per case; raises ExportCheckFailed past MAX_ABS_DIFF."""
+    session = onnx_session(str(onnx_file), "cpu")
+    results, failed = [], []
+    for i, frames in enumerate(CHECK_CASES):
+        args = guidance_inputs(frames, channels, CHECK_SEED + i)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            expected = estimator(*args).numpy()
+        t1 = time.perf_counter()
+        got = session.run([OUTPUT], {n: a.numpy() for n, a in zip(FLOW_INPUTS, args)})[0]
+        t2 = time.perf_counter()
+        diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
+        result = {"requests": len(frames), "batch": 2 * len(frames), "frames": list(frames),
+                  "max_abs_diff": diff, "max_abs_value": float(np.abs(expected).max()),
+                  "torch_ms": round(1000 * (t1 - t0), 1), "onnxruntime_ms": round(1000 * (t2 - t1), 1)}
+        LOG.info("stage=check batch=%d frames=%s max_abs_diff=%.2e torch_ms=%.1f onnxruntime_ms=%.1f",
+                 result["batch"], frames, diff, result["torch_ms"], result["onnxruntime_ms"])
+        results.append(result)
+        if not diff <= MAX_ABS_DIFF:
+            failed.append(f"batch {result['batch']} frames {list(frames)}: {diff:.3g}")
+    if failed:
+        raise ExportCheckFailed(f"{onnx_file}: onnxruntime's velocity differs from PyTorch's by "
+                                f"more than {MAX_ABS_DIFF:g}: {', '.join(failed)}")
+    return results
+
+
+def _export_locked(cosyvoice: Path, out: Path, opset: int, digest: str, per_file: dict,
+                   force: bool) -> Path:
+    if not force and is_up_to_date(out, digest, opset):
+        LOG.info("stage=skip seconds=0.00 out=%s weights=%s (up to date)", out, digest[:12])
+        return out
+    t_all = time.perf_counter()
+    with log_stage(LOG, "load") as info:
+        estimator = load_estimator(cosyvoice)
+        channels = estimator.out_channels
+        info["params"] = sum(p.numel() for p in estimator.parameters())
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    tmp_meta = metadata_path(out).with_name(f".{metadata_path(out).name}.tmp{os.getpid()}")
+    try:
+        with log_stage(LOG, "export", opset=opset) as info:
+            with torch.no_grad(), _quiet_exporter():
+                torch.onnx.export(estimator, guidance_inputs((17, 9), channels, 0), str(tmp),
+                                  input_names=list(FLOW_INPUTS), output_names=[OUTPUT],
+                                  dynamic_axes=AXES, opset_version=opset, dynamo=False)
+            info["bytes"] = tmp.stat().st_size
+        export_seconds = time.perf_counter() - t_all
+        with log_stage(LOG, "check") as info:
+            checks = run_checks(estimator, tmp, channels)
+            info["passed"] = True
+        with log_stage(LOG, "write", out=out):
+            meta = {
+                "format": FORMAT, "model": "flow_estimator",
+                "exporter": "build_scripts/export_flow_onnx.py", "code_fingerprint": code_fingerprint(),
+                "weights": {"dir": str(cosyvoice.resolve()), "sha256": digest, "files": per_file},
+                "opset": opset, "torch": torch.__version__, "onnx": _version("onnx"),
+                "onnxruntime": _version("onnxruntime"), "dtype": "float32",
+                **io_contract(tmp), "dynamic_axes": AXES,
+                "estimator": dataclasses.asdict(estimator.cfg),
+                "onnx_file": {"name": out.name, "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)},
+                "export_seconds": round(export_seconds, 2),
+                "check": {"passed": True, "max_abs_diff_allowed": MAX_ABS_DIFF, "cases": checks},
+            }
+            tmp_meta.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            # the .onnx first: a crash between the renames leaves old metadata → not up to date
+            os.replace(tmp, out)
+            os.replace(tmp_meta, metadata_path(out))
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp_meta.unlink(missing_ok=True)
+    LOG.info("stage=done seconds=%.2f out=%s bytes=%d weights=%s", time.perf_counter() - t_all, out,
+             out.stat().st_size, digest[:12])
+    return out
+
+
+def export(cosyvoice: str | Path, out: str | Path | None = None, opset: int = DEFAULT_OPSET,
+           force: bool = False) -> Path:
+    """Export, check and write the estimator ONNX for `cosyvoice` (skipped when up to date) → path."""
+    cosyvoice = Path(cosyvoice)
+    with log_stage(LOG, "hash", weights=cosyvoice) as info:
+        digest, per_file = weights_digest(cosyvoice)
+        info["sha256"] = digest[:12]
+    out = Path(out) if out is not None else default_onnx_path(digest)
+    if out.suffix != ".onnx":
+        raise ValueError(f"--out must end in .onnx, got {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(f".{out.name}.lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one exporter per output file at a time
+        try:
+            return _export_locked(cosyvoice, out, int(opset), digest, per_file, force)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cosyvoice", type=Path, required=True,
+                    help="CosyVoice-300M-25Hz directory (cosyvoice.yaml, flow.pt)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="ONNX file to write (default build/engines/flow_estimator.<weights hash>.onnx)")
+    ap.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    ap.add_argument("--force", action="store_true", help="export even when the file is up to date")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s", stream=sys.stderr)
+    try:
+        path = export(args.cosyvoice, args.out, args.opset, args.force)
+    except ExportCheckFailed as e:
+        LOG.error("stage=check failed: %s", e)
+        return 3
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
