@@ -19,8 +19,10 @@ from build_scripts import build_tensorrt as bt
 from build_scripts import export_flow_onnx as ex
 from python_backends import engine_metadata as em
 from python_backends import engine_profiles as ep
-from python_backends.decoder.estimator_engine import (OnnxEstimator, checked_onnx_path,
-                                                      estimator_from_settings, weights_digest)
+from python_backends.decoder.estimator_engine import (EngineEstimator, OnnxEstimator,
+                                                      checked_onnx_path, estimator_from_settings,
+                                                      weights_digest)
+from python_backends.onnx_runtime import onnx_session
 from python_backends.decoder.flow_dit import DiT
 from python_backends.decoder.token2wav import Token2Wav
 from python_backends.decoder.token_reshape import reshape_token_ids
@@ -154,6 +156,42 @@ def test_token2wav_on_onnx_equals_torch(tiny_editx, exported):
     for e, g in zip(expected, got):
         assert g.shape == e.shape and np.abs(e).max() > 0.01
         assert np.abs(g - e).max() <= 1e-4
+
+
+class SessionEngine:
+    """The engine model's side of a BLS call (EngineClient.infer's contract), run by a real
+    onnxruntime session over the exported graph; records what it was sent."""
+
+    def __init__(self, path):
+        self.session = onnx_session(str(path))
+        self.received = []
+
+    def infer(self, inputs, outputs):
+        self.received.append({n: (v.dtype, v.is_contiguous()) for n, v in inputs.items()})
+        return dict(zip(outputs, self.session.run(list(outputs), {n: v.numpy() for n, v in inputs.items()})))
+
+
+def test_engine_estimator_sends_the_graph_inputs(exported, estimator):
+    engine = SessionEngine(exported)
+    args = ex.guidance_inputs((21, 6), 80, seed=4)
+    with torch.inference_mode():
+        got = EngineEstimator(engine)(*[a.to(torch.float64) for a in args])
+        expected = estimator(*args)
+    assert engine.received == [{n: (torch.float32, True) for n in ("x", "mask", "mu", "t", "spks", "cond")}]
+    assert got.dtype == torch.float64 and (got - expected).abs().max() <= 1e-4
+
+
+def test_token2wav_on_an_engine_model_equals_torch(tiny_editx, exported):
+    engine = SessionEngine(exported)
+    decoder = Token2Wav.from_settings(EditxSettings(str(tiny_editx)), engine_client=engine)
+    reference = Token2Wav.from_settings(EditxSettings(str(tiny_editx)))
+    rng = np.random.default_rng(9)
+    item = dict(target_ids=audio_ids(5, rng), prompt_ids=audio_ids(3, rng),
+                prompt_mel=rng.standard_normal((18, 80)).astype(np.float32),
+                speaker_embedding=rng.standard_normal(192).astype(np.float32), seed=6)
+    got, expected = decoder.batch([item])[0], reference.batch([item])[0]
+    assert len(engine.received) == 10  # one call per Euler step
+    assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-4
 
 
 def test_graphs_of_other_weights_or_changed_files_are_refused(tiny_editx, exported, tmp_path):

@@ -1,11 +1,12 @@
-"""The flow's DiT estimator on ONNX Runtime (the graph build_scripts/export_flow_onnx.py writes).
+"""The flow's DiT estimator outside PyTorch: the graph build_scripts/export_flow_onnx.py writes,
+run by ONNX Runtime in process or by an engine model (TensorRT plan) over BLS.
 
-`OnnxEstimator` has `DiT.forward`'s signature and takes the DiT's place as
-`flow.decoder.estimator`, so `solve_euler` runs it unchanged: one session call per Euler step
-on the 2B guidance rows. The graph is float32; inputs of another dtype (a bfloat16 flow) are
-cast up and the velocity is cast back to the caller's dtype and device. ONNX Runtime reads
-host arrays, so every step copies its inputs to the host and the velocity back (B·80·T floats
-each way) even with the CUDA provider.
+Both stand-ins have `DiT.forward`'s signature and take the DiT's place as
+`flow.decoder.estimator`, so `solve_euler` runs them unchanged: one call per Euler step on the
+2B guidance rows. The graph is float32; inputs of another dtype (a bfloat16 flow) are cast up
+and the velocity is cast back to the caller's dtype and device. `OnnxEstimator` feeds host
+arrays, so every step copies its inputs to the host and the velocity back (B·80·T floats each
+way) even with the CUDA provider; `EngineEstimator` hands CUDA tensors over by DLPack.
 
 A graph is served only with its JSON sidecar, and only when the sidecar names the weights
 (cosyvoice.yaml + flow.pt) being served and records a passed export check.
@@ -101,6 +102,22 @@ class OnnxEstimator(nn.Module):
                  for name, value in zip(FLOW_INPUTS, (x, mask, mu, t, spks, cond))}
         velocity = self.session.run([OUTPUT], feeds)[0]
         return torch.from_numpy(velocity).to(device=x.device, dtype=x.dtype)
+
+
+class EngineEstimator(nn.Module):
+    """A parameterless stand-in for `DiT` whose forward is a call to the `flow_estimator` engine
+    model through `client` (python_backends.engine_client.EngineClient)."""
+
+    def __init__(self, client):
+        super().__init__()
+        self.client = client
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, t: torch.Tensor,
+                spks: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        inputs = {name: value.detach().to(torch.float32).contiguous()
+                  for name, value in zip(FLOW_INPUTS, (x, mask, mu, t, spks, cond))}
+        velocity = torch.as_tensor(self.client.infer(inputs, [OUTPUT])[OUTPUT])
+        return velocity.to(device=x.device, dtype=x.dtype)
 
 
 def estimator_from_settings(settings: EditxSettings) -> OnnxEstimator:

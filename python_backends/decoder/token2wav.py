@@ -36,14 +36,18 @@ class Token2Wav:
         self.dtype = flow.noise.dtype
 
     @classmethod
-    def from_settings(cls, settings: EditxSettings) -> "Token2Wav":
+    def from_settings(cls, settings: EditxSettings, engine_client=None) -> "Token2Wav":
+        """`engine_client` (python_backends.engine_client) overrides `flow_engine`: the flow's
+        estimator then runs in the engine model it calls."""
         root = settings.cosyvoice_dir
         dtype = getattr(torch, settings.dtype)
         flow = load_flow(root, settings.device, dtype)
-        if settings.flow_engine != "torch":  # onnxruntime only where it is asked for
-            from .estimator_engine import estimator_from_settings
+        if engine_client is not None or settings.flow_engine != "torch":
+            from . import estimator_engine  # onnxruntime only where it is asked for
 
-            flow.model.decoder.estimator = estimator_from_settings(settings)
+            flow.model.decoder.estimator = (
+                estimator_engine.EngineEstimator(engine_client) if engine_client is not None
+                else estimator_engine.estimator_from_settings(settings))
         hift_kwargs = load_cosyvoice_yaml(root / "cosyvoice.yaml")["hift"]
         return cls(flow, load_hift(root / "hift.pt", hift_kwargs, settings.device, dtype))
 
