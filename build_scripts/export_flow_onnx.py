@@ -26,18 +26,21 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime
 import torch
 
-from build_scripts.export_vq02_onnx import _quiet_exporter, _version, io_contract
 from python_backends.decoder.estimator_engine import (OUTPUT, default_onnx_path, metadata_path,
                                                       weights_digest)
 from python_backends.decoder.cosyvoice_yaml import load_cosyvoice_yaml
 from python_backends.decoder.flow import (COSYVOICE_YAML_FILE, FLOW_FILE, flow_config_from_yaml,
                                           load_state_strict)
 from python_backends.decoder.flow_dit import DiT
+from python_backends.engine_metadata import onnx_signature
 from python_backends.engine_profiles import FLOW_INPUTS
 from python_backends.file_io import log_stage, sha256_file
 from python_backends.onnx_runtime import onnx_session
@@ -157,7 +160,9 @@ def _export_locked(cosyvoice: Path, out: Path, opset: int, digest: str, per_file
     tmp_meta = metadata_path(out).with_name(f".{metadata_path(out).name}.tmp{os.getpid()}")
     try:
         with log_stage(LOG, "export", opset=opset) as info:
-            with torch.no_grad(), _quiet_exporter():
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=DeprecationWarning)  # legacy exporter
+                warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
                 torch.onnx.export(estimator, guidance_inputs((17, 9), channels, 0), str(tmp),
                                   input_names=list(FLOW_INPUTS), output_names=[OUTPUT],
                                   dynamic_axes=AXES, opset_version=opset, dynamo=False)
@@ -171,9 +176,10 @@ def _export_locked(cosyvoice: Path, out: Path, opset: int, digest: str, per_file
                 "format": FORMAT, "model": "flow_estimator",
                 "exporter": "build_scripts/export_flow_onnx.py", "code_fingerprint": code_fingerprint(),
                 "weights": {"dir": str(cosyvoice.resolve()), "sha256": digest, "files": per_file},
-                "opset": opset, "torch": torch.__version__, "onnx": _version("onnx"),
-                "onnxruntime": _version("onnxruntime"), "dtype": "float32",
-                **io_contract(tmp), "dynamic_axes": AXES,
+                "opset": opset, "torch": torch.__version__, "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__, "dtype": "float32",
+                **{k: [t.to_json() for t in v] for k, v in zip(("inputs", "outputs"), onnx_signature(tmp))},
+                "dynamic_axes": AXES,
                 "estimator": dataclasses.asdict(estimator.cfg),
                 "onnx_file": {"name": out.name, "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)},
                 "export_seconds": round(export_seconds, 2),

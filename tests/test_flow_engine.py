@@ -99,6 +99,17 @@ def test_export_refuses_a_graph_past_the_tolerance(cosyvoice, tmp_path, monkeypa
         ex.export(cosyvoice, tmp_path / "e.plan")
 
 
+def test_export_command_line(cosyvoice, tmp_path):
+    out = tmp_path / "cli.onnx"
+    args = [sys.executable, "-m", "build_scripts.export_flow_onnx", "--cosyvoice", str(cosyvoice),
+            "--out", str(out)]
+    first = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == str(out) and "stage=check batch=6 frames=(120, 13, 77)" in first.stderr
+    again = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    assert again.returncode == 0 and "stage=skip" in again.stderr and "stage=export" not in again.stderr
+
+
 # ------------------------------------------------------------------ onnxruntime estimator
 
 @pytest.mark.parametrize("frames", [(2,), (31,), (64, 9), (5, 80, 33, 17)])
