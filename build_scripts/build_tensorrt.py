@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-batch-size", type=int, required=True,
                     help="the Triton max_batch_size of the Python model that calls this engine")
     ap.add_argument("--max-audio-seconds", type=float, default=120.0)
-    ap.add_argument("--opt-batch-size", type=int, default=None, help="default: --max-batch-size")
+    ap.add_argument("--opt-batch-size", type=int, default=None, help="default: --max-batch-size (flow_estimator: half of it, 2 rows each)")
     ap.add_argument("--opt-audio-seconds", type=float, default=DEFAULT_OPT_SECONDS)
     ap.add_argument("--kind", default="auto", choices=("auto",) + KINDS)
     ap.add_argument("--max-length", type=int, default=LLM.max_length,
