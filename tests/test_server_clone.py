@@ -10,10 +10,14 @@ samples.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import math
+import os
 import queue
 import re
+import signal
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,13 +162,29 @@ def clone_one(url: str, r: dict) -> np.ndarray:
     return wave
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (a tritonserver's Python stubs)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
 @pytest.fixture
 def own_server(server_repo, tmp_path):
-    """A server of its own: the crash this test provokes must not take the session's down."""
+    """A server of its own: the crash this test provokes must not take the session's down.
+    A crashed tritonserver leaves stubs behind: they are killed afterwards."""
     from build_scripts.serve import TritonServer
 
     with TritonServer(server_repo, address="127.0.0.1", log_file=tmp_path / "server.log") as server:
+        stubs = children(server.process.pid)
         yield server
+    for pid in stubs:
+        with contextlib.suppress(OSError):
+            if b"triton_python_backend_stub" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.xfail(strict=True, raises=TokenizerError, reason=CRASH)
