@@ -67,8 +67,10 @@ PYTHON_MODELS = ("preprocess", "vq02", "vq06", "token_merge")
 EDITX_MODELS = ("speaker_embedding", "prompt_features", "prompt_encoder", "prompt_builder",
                 "edit_prompt_builder", "llm_stream", "llm", "token2wav", "clone", "clone_stream")
 EDITX_PYTHON_MODELS = tuple(m for m in EDITX_MODELS if m != "prompt_encoder")
-ENGINE_OF = {"vq02": ep.VQ02, "vq06": ep.VQ06}  # Python model → its engine model (GPU only)
+# Python model → its engine model (GPU only; token2wav's with --flow-engine tensorrt)
+ENGINE_OF = {"vq02": ep.VQ02, "vq06": ep.VQ06, "token2wav": ep.FLOW}
 ENGINE_MODELS = tuple(ENGINE_OF.values())
+TOKENIZER_ENGINES = (ep.VQ02, ep.VQ06)  # --gpu-engine
 GPU_ENGINES = ("none", "tensorrt", "onnxruntime")
 PLAN_CHECKS = ("auto", "require", "skip")
 ORT_ACCELERATORS = ("tensorrt", "cuda")
@@ -93,6 +95,9 @@ REQUIRED_EDITX = (
     (f"{COSYVOICE_DIR}/campplus.onnx", "the CAM++ speaker model"),
 )
 LLM_DTYPES = ("float32", "bfloat16")
+# token2wav's DiT estimator: torch in process, onnxruntime in process (exported ONNX), or a
+# TensorRT plan served as the engine model flow_estimator (BLS per Euler step)
+FLOW_ENGINES = ("torch", "onnx", "tensorrt")
 # --instances applies to these; llm_stream holds one continuous batch (one instance per GPU),
 # llm / clone answer from worker threads
 INSTANCED_EDITX = ("speaker_embedding", "prompt_features", "prompt_builder", "edit_prompt_builder",
@@ -133,6 +138,8 @@ class RepositoryOptions:
     prompt_cache_entries: int = EditxSettings.prompt_cache_entries
     # "vllm": also serve the LLM as `llm_vllm` on Triton's vLLM backend (GPU; build_scripts/vllm_variant.py)
     llm_engine: str = "python"
+    flow_engine: str = "torch"  # FLOW_ENGINES
+    flow_engine_file: str | None = None  # onnx: the estimator ONNX (exported if missing); tensorrt: the plan
     vllm_gpu_memory_utilization: float | None = None  # None: vllm_variant's default
 
     def instance_count(self, model: str) -> int:
@@ -304,10 +311,12 @@ def ort_optimization(engine: Engine, options: RepositoryOptions) -> str:
 def prepare_engine(model: str, source: Path, options: RepositoryOptions,
                    probe: Callable[[int], em.Environment]) -> Engine:
     """Read and check one engine source (plan + metadata, or ONNX)."""
-    needed = ep.derive_limits(model, options.max_batch_size, options.max_audio_seconds)
+    needed = (ep.derive_limits(ep.FLOW, options.max_batch_size, options.max_prompt_seconds,
+                               max_length=options.llm_max_length) if model == ep.FLOW
+              else ep.derive_limits(model, options.max_batch_size, options.max_audio_seconds))
     if not source.is_file():
         raise BuildError(f"{model} engine {source} does not exist")
-    if options.gpu_engine == "onnxruntime":
+    if model != ep.FLOW and options.gpu_engine == "onnxruntime":
         inputs, outputs = em.onnx_signature(source)
         try:
             kind = ep.detect_kind(inputs)
@@ -456,9 +465,11 @@ def build(weights: str | Path, out: str | Path, options: RepositoryOptions = Rep
     if options.ort_accelerator not in ORT_ACCELERATORS or options.ort_precision not in ORT_PRECISIONS:
         raise BuildError(f"--ort-accelerator must be one of {', '.join(ORT_ACCELERATORS)} and "
                          f"--ort-precision one of {', '.join(ORT_PRECISIONS)}")
-    engine_counts = [m for m, _ in options.instances if m in ENGINE_MODELS]
+    engine_counts = [m for m, _ in options.instances if m in TOKENIZER_ENGINES]
     if engine_counts and not options.engines:
         raise BuildError(f"--instances for {', '.join(engine_counts)} needs --gpu-engine")
+    if dict(options.instances).get(ep.FLOW) and options.flow_engine != "tensorrt":
+        raise BuildError(f"--instances for {ep.FLOW} needs --flow-engine tensorrt")
     if options.max_batch_size < 1:
         raise BuildError("--max-batch-size must be >= 1")
     if options.queue_delay_us < 0:
@@ -469,6 +480,14 @@ def build(weights: str | Path, out: str | Path, options: RepositoryOptions = Rep
         raise BuildError("--num-threads must be >= 0")
     if options.placement and options.device != "gpu":
         raise BuildError("--placement needs --device gpu")
+    if options.flow_engine not in FLOW_ENGINES:
+        raise BuildError(f"--flow-engine must be one of {', '.join(FLOW_ENGINES)}, not '{options.flow_engine}'")
+    if options.flow_engine != "torch" and editx is None:
+        raise BuildError("--flow-engine needs --editx")
+    if options.flow_engine == "tensorrt" and (options.device != "gpu" or options.flow_engine_file is None):
+        raise BuildError("--flow-engine tensorrt needs --device gpu and --flow-engine-file PLAN (python -m "
+                         "build_scripts.build_tensorrt --onnx <export_flow_onnx output> --out PLAN --fp16 "
+                         "--max-batch-size N --max-audio-seconds <max prompt s> --max-length <llm max length>)")
     if options.llm_engine not in ("python", "vllm"):
         raise BuildError(f"--llm-engine must be python or vllm, not '{options.llm_engine}'")
     if options.llm_engine == "vllm" and (options.device != "gpu" or editx is None):
@@ -483,6 +502,14 @@ def build(weights: str | Path, out: str | Path, options: RepositoryOptions = Rep
     if options.engines:
         for model, source in engine_sources(weights, options).items():
             engines[model] = prepare_engine(model, source, options, probe)
+    if editx_config is not None and options.flow_engine == "onnx":
+        from build_scripts.export_flow_onnx import export as export_flow_onnx
+
+        onnx = export_flow_onnx(editx_config.cosyvoice_dir, options.flow_engine_file)
+        editx_config = dataclasses.replace(editx_config, flow_engine="onnx", flow_onnx=str(onnx))
+    if editx_config is not None and options.flow_engine == "tensorrt":
+        engines[ep.FLOW] = prepare_engine(ep.FLOW, Path(options.flow_engine_file).expanduser().resolve(),
+                                          options, probe)
     values = template_values(settings, options, engines, editx_config)
     out = Path(out).expanduser().resolve()
     served = MODELS + tuple(engines) + (EDITX_MODELS if editx_config else ())
@@ -576,6 +603,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-cache-entries", type=int,
                         default=RepositoryOptions.prompt_cache_entries,
                         help="clone: voices whose prompt tokens and features are kept (0: no cache)")
+    parser.add_argument("--flow-engine", default="torch", choices=FLOW_ENGINES,
+                        help="token2wav's DiT estimator: torch, onnx (onnxruntime in process; "
+                             "exported if missing) or tensorrt (a plan served as flow_estimator)")
+    parser.add_argument("--flow-engine-file", default=None,
+                        help="onnx: the estimator ONNX (default build/engines/...); tensorrt: the plan")
     parser.add_argument("--llm-engine", default="python", choices=("python", "vllm"),
                         help="vllm: also serve the LLM as llm_vllm on Triton's vLLM backend "
                              "(GPU, NGC *-vllm-python-py3 image; README: vLLM variant)")
@@ -602,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
             max_text_chars=args.max_text_chars, max_prompt_seconds=args.max_prompt_seconds,
             llm_max_length=args.llm_max_length, max_active_sequences=args.max_active_sequences,
             prompt_cache_entries=args.prompt_cache_entries, llm_engine=args.llm_engine,
+            flow_engine=args.flow_engine, flow_engine_file=args.flow_engine_file,
             vllm_gpu_memory_utilization=args.vllm_gpu_memory_utilization)
         out = build(args.weights, args.out, options, editx=args.editx)
     except (BuildError, pl.PlacementError) as exc:

@@ -17,6 +17,7 @@ another GPU or TensorRT version makes the model fail to load with a message sayi
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -26,6 +27,14 @@ from . import engine_metadata
 from .errors import INVALID_INPUT_MESSAGE, ForwardedInvalidInput, RequestCancelled
 
 ENGINE_PARAMETER = "engine_model"
+
+
+# Triton 2.51's Python backend crashes (segfault in libtriton_python, then a boost
+# interprocess lock_exception) when several threads of one stub send BLS requests at once
+# (server issue #8882; seen here with 8 concurrent clones). Sending is serialised; waiting for
+# the responses is not, so the clone worker threads still overlap and their calls still meet in
+# the called models' batches.
+_SEND_LOCK = threading.Lock()
 
 
 class EngineError(RuntimeError):
@@ -99,15 +108,24 @@ class EngineClient:
             result[name] = from_pb_tensor(tensor)
         return result
 
+    def _submit(self, inputs: Mapping[str, object], outputs: Sequence[str]):
+        """Send the request; its responses arrive through the returned iterator. Only the
+        sending is serialised (_SEND_LOCK), so calls from many threads still overlap."""
+        with _SEND_LOCK:
+            return self._request(inputs, outputs).exec(decoupled=True)
+
     def infer(self, inputs: Mapping[str, object], outputs: Sequence[str]) -> dict[str, object]:
-        return self._outputs(self._request(inputs, outputs).exec(), outputs)
+        responses = list(self._submit(inputs, outputs))
+        if not responses:
+            raise EngineError(f"model '{self.model_name}' sent no response")
+        return self._outputs(responses[0], outputs)
 
     def stream(self, inputs: Mapping[str, object], outputs: Sequence[str],
                cancelled: Callable[[], bool] | None = None) -> Iterator[dict[str, object]]:
         """A decoupled model's responses, each with the outputs it carries (an empty final
         response yields nothing). When `cancelled()` turns true between responses, the call
         is cancelled (the called model sees it) and RequestCancelled raised."""
-        responses = self._request(inputs, outputs).exec(decoupled=True)
+        responses = self._submit(inputs, outputs)
         for response in responses:
             if cancelled is not None and cancelled():
                 responses.cancel()

@@ -89,11 +89,12 @@ def read_token2wav(request) -> dict:
 
 class Token2WavModel:
     def initialize(self, args):
+        from . import engine_client
         from .decoder.token2wav import Token2Wav
 
         self.settings = load_editx_settings(args)
         self.settings.apply_threads()
-        self.decoder = Token2Wav.from_settings(self.settings)
+        self.decoder = Token2Wav.from_settings(self.settings, engine_client.from_model_args(args))
 
     def execute(self, requests):
         return triton_io.respond_batched(

@@ -227,3 +227,22 @@ def test_prompt_mel_is_resampled_to_two_frames_per_prompt_row(tiny_editx):
     mel = np.arange(5 * 80, dtype=np.float32).reshape(5, 80)
     out = decoder.prompt_mel_frames(mel, 4).numpy()  # 5 frames -> 8 (nearest)
     np.testing.assert_array_equal(out[:, 0], mel[[0, 0, 1, 1, 2, 3, 3, 4], 0])
+
+
+def test_flow_engine_onnx_exports_the_estimator_into_the_settings(tmp_path, tiny_weights, tiny_editx):
+    repo = build(tiny_weights, tmp_path / "repo", RepositoryOptions(
+        flow_engine="onnx", flow_engine_file=str(tmp_path / "estimator.onnx")), editx=tiny_editx)
+    settings = EditxSettings.from_json(config_of(repo, "token2wav").parameters["editx_settings"].string_value)
+    assert settings.flow_engine == "onnx" and settings.flow_onnx == str(tmp_path / "estimator.onnx")
+    assert (tmp_path / "estimator.onnx").is_file() and (tmp_path / "estimator.json").is_file()
+    assert "engine_model" not in config_of(repo, "token2wav").parameters
+
+
+@pytest.mark.parametrize("options, message", [
+    (RepositoryOptions(flow_engine="tensorrt"), "--flow-engine tensorrt needs --device gpu"),
+    (RepositoryOptions(instances=(("flow_estimator", 2),)), "needs --flow-engine tensorrt"),
+    (RepositoryOptions(flow_engine="cuda"), "--flow-engine must be one of torch, onnx, tensorrt"),
+])
+def test_flow_engine_refusals(tmp_path, tiny_weights, tiny_editx, options, message):
+    with pytest.raises(BuildError, match=message):
+        build(tiny_weights, tmp_path / "repo", options, editx=tiny_editx)

@@ -70,14 +70,14 @@ def tensorrt_options(engines, **kw) -> br.RepositoryOptions:
 
 def test_tensorrt_repository(tmp_path, tiny_weights, engines):
     repo = br.build(tiny_weights, tmp_path / "repo", tensorrt_options(engines), probe=on(H100))
-    assert sorted(p.name for p in repo.iterdir()) == sorted(br.MODELS + br.ENGINE_MODELS)
+    assert sorted(p.name for p in repo.iterdir()) == sorted(br.MODELS + br.TOKENIZER_ENGINES)
 
     groups = {m: [(g.count, g.kind, list(g.gpus)) for g in _config(repo, m).instance_group]
-              for m in br.MODELS[:-1] + br.ENGINE_MODELS}
+              for m in br.MODELS[:-1] + br.TOKENIZER_ENGINES}
     assert groups == {"preprocess": [(1, KIND_CPU, [])], "token_merge": [(1, KIND_CPU, [])],
                       "vq02": [(2, KIND_GPU, [1, 3])], "vq06": [(1, KIND_GPU, [1, 3])],
                       "vq02_encoder": [(1, KIND_GPU, [1, 3])], "vq06_encoder": [(2, KIND_GPU, [1, 3])]}
-    for python_model, engine in br.ENGINE_OF.items():
+    for python_model, engine in (("vq02", "vq02_encoder"), ("vq06", "vq06_encoder")):
         config = _config(repo, python_model)
         assert config.backend == "python"
         assert config.parameters["engine_model"].string_value == engine
@@ -103,7 +103,7 @@ def test_tensorrt_repository(tmp_path, tiny_weights, engines):
                          "indices": ("TYPE_INT64", [1, -1], None)}
     assert not vq06.HasField("optimization")
 
-    for engine in br.ENGINE_MODELS:
+    for engine in br.TOKENIZER_ENGINES:
         version = repo / engine / "1"
         assert sorted(p.name for p in version.iterdir()) == ["model.plan", "model.plan.json"]
         source = engines["vq02_plan" if engine == "vq02_encoder" else "vq06_plan"]
@@ -200,7 +200,7 @@ def test_onnxruntime_repository(tmp_path, tiny_weights, engines):
                                    gpu_engine="onnxruntime", vq02_engine=str(engines["vq02_onnx"]),
                                    ort_precision="FP16")
     repo = br.build(tiny_weights, tmp_path / "repo", options)
-    for engine in br.ENGINE_MODELS:
+    for engine in br.TOKENIZER_ENGINES:
         config = _config(repo, engine)
         assert config.backend == "onnxruntime" and config.platform == ""
         assert [(g.kind, list(g.gpus)) for g in config.instance_group] == [(KIND_GPU, [0])]
@@ -288,13 +288,14 @@ class FakePb:
         request = types.SimpleNamespace(model_name=model_name, outputs=requested_output_names,
                                         inputs={t.name(): t.as_numpy() for t in inputs})
 
-        def execute():
+        def execute(decoupled=False):
             pb.requests.append(request)
             error = pb.error
-            return types.SimpleNamespace(
+            response = types.SimpleNamespace(
                 has_error=lambda: error is not None,
                 error=lambda: types.SimpleNamespace(message=lambda: error),
                 outputs={k: pb.Tensor(k, v) for k, v in pb.reply.items()})
+            return [response] if decoupled else response
 
         request.exec = execute
         return request

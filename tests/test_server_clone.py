@@ -138,10 +138,6 @@ def test_seed_changes_the_clone(good, grpc_clone):
 # ------------------------------------------------------------------ 2. concurrency
 
 CONCURRENT_ROUNDS = 4
-CRASH = ("BUG: concurrent BLS exec() calls from the clone model's worker threads crash "
-         "tritonserver 2.51 (SIGSEGV in libtriton_python.so, then boost::interprocess::"
-         "lock_exception); serialising every EngineClient exec() in the stub avoids it")
-
 
 def concurrent_requests():
     """8 voices (one stereo 44.1 kHz), seeds and lengths all different."""
@@ -187,7 +183,6 @@ def own_server(server_repo, tmp_path):
                 os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.xfail(strict=True, raises=TokenizerError, reason=CRASH)
 def test_eight_concurrent_clones_get_their_own_result(own_server):
     requests = concurrent_requests()
     alone = [clone_one(own_server.grpc_url, r) for r in requests]
