@@ -2,6 +2,7 @@
 repository built from tiny synthetic weights (both built once into build/)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,7 @@ def server_settings(server_repo):
 def triton_server(server_repo):
     from build_scripts.serve import TritonServer
 
-    log = BUILD / "test_logs" / "tritonserver.log"
+    log = BUILD / "test_logs" / f"tritonserver.{os.getpid()}.log"  # one per pytest process
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
     with TritonServer(server_repo, address="127.0.0.1", log_file=log) as server:
