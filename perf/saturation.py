@@ -19,7 +19,10 @@ mean of the last quarter of the main phase's samples over the mean of its second
 
 Verdict (exit code 0 / 1): no failed request in any phase and growth below --max-growth-pct.
 Inputs come from a builder chosen by name (`INPUT_BUILDERS`: model → function(clip_seconds) →
-list of requests, sent round-robin).
+list of requests, sent round-robin): `audio_tokenizer` (speech clips) and `clone` (a speech
+prompt with its transcript, a target text and max_new_tokens), e.g.
+
+    .venv/bin/python perf/saturation.py --url localhost:8001 --model clone --clip-seconds 3
 """
 from __future__ import annotations
 
@@ -57,7 +60,34 @@ def tokenizer_inputs(clip_seconds: float, count: int = 4) -> list[Request]:
             for clip in speech_clips(clip_seconds, count)]
 
 
-INPUT_BUILDERS: dict[str, Callable[[float], list[Request]]] = {"audio_tokenizer": tokenizer_inputs}
+CLONE_TEXTS = ("Hello, this is a cloned voice.", "The quick brown fox jumps over the lazy dog.",
+               "One more sentence, spoken in the voice of the prompt.")
+CLONE_MAX_NEW_TOKENS = (31, 46, 61)  # the synthetic LLM stops only at a length limit
+CLONE_SEED_BASE = 2000  # espeak seeds apart from the tokenizer's perf clips (1000+)
+
+
+def clone_inputs(clip_seconds: float, count: int = 4) -> list[Request]:
+    """`count` clone requests: an espeak-ng utterance with its transcript as the voice prompt,
+    a target text and max_new_tokens (every request sets it: an LLM that never emits EOT would
+    otherwise generate up to max_length), round-robin over CLONE_TEXTS / CLONE_MAX_NEW_TOKENS.
+    Different voices: the first round fills the prompt cache, the rest hit it."""
+    from build_scripts.espeak_clips import speech_with_transcript
+
+    requests = []
+    for i in range(count):
+        audio, rate, transcript = speech_with_transcript(clip_seconds, seed=CLONE_SEED_BASE + i)
+        requests.append({
+            "waveform": np.ascontiguousarray(audio, np.float32)[None],
+            "sample_rate": np.array([[rate]], np.int32), "channels": np.array([[1]], np.int32),
+            "prompt_text": np.array([[transcript.encode("utf-8")]], np.object_),
+            "target_text": np.array([[CLONE_TEXTS[i % len(CLONE_TEXTS)].encode("utf-8")]], np.object_),
+            "max_new_tokens": np.array([[CLONE_MAX_NEW_TOKENS[i % len(CLONE_MAX_NEW_TOKENS)]]], np.int32),
+            "seed": np.array([[i]], np.int64)})
+    return requests
+
+
+INPUT_BUILDERS: dict[str, Callable[[float], list[Request]]] = {"audio_tokenizer": tokenizer_inputs,
+                                                               "clone": clone_inputs}
 
 
 # --------------------------------------------------------------------------- the server
@@ -126,12 +156,13 @@ def server_memory_mib(root: int) -> float:
 
 
 def growth_pct(samples: list[float]) -> float | None:
-    """(mean of the last quarter / mean of the second quarter − 1) × 100; None under 8 samples."""
+    """(mean of the last quarter / mean of the second quarter − 1) × 100; None under 8 samples
+    or when the server was gone (0 MiB) in the second quarter."""
     if len(samples) < 8:
         return None
     q = len(samples) // 4
-    second, last = samples[q:2 * q], samples[-q:]
-    return (statistics.fmean(last) / statistics.fmean(second) - 1) * 100
+    second, last = statistics.fmean(samples[q:2 * q]), statistics.fmean(samples[-q:])
+    return (last / second - 1) * 100 if second > 0 else None
 
 
 # --------------------------------------------------------------------------- load
