@@ -2,18 +2,26 @@
 # The image's entrypoint; docker-compose.yml runs one subcommand per service:
 #   init   GPU host: export the vq02 ONNX, build TensorRT plans for the GPUs here and the model
 #          repository, each only when missing or stale (the build scripts are idempotent), so
-#          that a restart or a new GPU model rebuilds exactly what no longer fits
+#          that a restart or a new GPU model rebuilds exactly what no longer fits; with
+#          Step-Audio-EditX weights in EDITX the repository also serves the clone pipeline
 #   serve  tritonserver on the built repository (ports 8000 HTTP, 8001 gRPC, 8002 metrics)
-#   cpu    the synthetic default without a GPU: tiny synthetic weights, a CPU repository, serve
-# Settings come from the environment (defaults in brackets): WEIGHTS [/weights], REPO [/models],
-# ENGINES [/engines], GPUS [0], PLACEMENT [""] (build_repository --placement, e.g.
-# vq02=0,vq06=1 or auto), GPU_ENGINE tensorrt|onnxruntime|none [tensorrt], PRECISION
-# fp32|fp16 [fp32], MAX_BATCH_SIZE [16], MAX_AUDIO_SECONDS [120], INSTANCES [""] (e.g.
-# vq02=2,vq06=1), CPU_BUILD [/build], CUDA_POOL_BYTES [268435456] per GPU, TRITON_ARGS [""].
+#   cpu    the synthetic default without a GPU: tiny synthetic tokenizer and EditX weights, a
+#          CPU repository with the tokenizer and the clone pipeline, serve
+# Settings come from the environment (defaults in brackets): WEIGHTS [/weights], EDITX
+# [/editx] (used when it holds config.json), REPO [/models], ENGINES [/engines], GPUS [0],
+# PLACEMENT [""] (build_repository --placement, e.g. vq02=0,vq06=1,llm=0,decoder=1 or auto),
+# GPU_ENGINE tensorrt|onnxruntime|none [tensorrt], PRECISION fp32|fp16 [fp32],
+# MAX_BATCH_SIZE [16], MAX_AUDIO_SECONDS [120], INSTANCES [""] (e.g. vq02=2,vq06=1),
+# EDITX_DTYPE float32|bfloat16 [float32], LLM_ENGINE python|vllm [python] (vllm: an image
+# built on a tritonserver -vllm-python-py3 tag), CPU_BUILD [/build], CUDA_POOL_BYTES
+# [268435456] per GPU, TRITON_ARGS [""].
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 WEIGHTS="${WEIGHTS:-/weights}"
+EDITX="${EDITX:-/editx}"
+EDITX_DTYPE="${EDITX_DTYPE:-float32}"
+LLM_ENGINE="${LLM_ENGINE:-python}"
 REPO="${REPO:-/models}"
 ENGINES="${ENGINES:-/engines}"
 GPUS="${GPUS:-0}"
@@ -27,12 +35,18 @@ CUDA_POOL_BYTES="${CUDA_POOL_BYTES:-268435456}"
 
 say() { echo "entrypoint: $*" >&2; }
 
-build_repository() {  # build_repository WEIGHTS OUT [more build_repository.py arguments]
-    local weights=$1 out=$2
-    shift 2
+build_repository() {  # build_repository WEIGHTS EDITX OUT [more build_repository.py arguments]
+    local weights=$1 editx=$2 out=$3
+    shift 3
+    local editx_args=()
+    if [ -f "$editx/config.json" ]; then
+        editx_args=(--editx "$editx" --editx-dtype "$EDITX_DTYPE")
+    else
+        say "no EditX weights in $editx (no config.json): tokenizer only, no clone models"
+    fi
     python3 -m build_scripts.build_repository --weights "$weights" --out "$out" \
         --max-batch-size "$MAX_BATCH_SIZE" --max-audio-seconds "$MAX_AUDIO_SECONDS" \
-        ${INSTANCES:+--instances "$INSTANCES"} "$@"
+        ${INSTANCES:+--instances "$INSTANCES"} "${editx_args[@]}" "$@"
 }
 
 export_vq02() {  # the vq02 encoder ONNX, exported and checked against PyTorch once per weights
@@ -69,8 +83,10 @@ init() {
         *) say "GPU_ENGINE must be tensorrt, onnxruntime or none, not '$GPU_ENGINE'"; exit 2 ;;
     esac
     say "model repository $REPO"
-    build_repository "$WEIGHTS" "$REPO" --device gpu --gpus "$GPUS" \
-        ${PLACEMENT:+--placement "$PLACEMENT"} "${engine_args[@]}"
+    local llm_args=()
+    if [ "$LLM_ENGINE" != python ]; then llm_args=(--llm-engine "$LLM_ENGINE"); fi
+    build_repository "$WEIGHTS" "$EDITX" "$REPO" --device gpu --gpus "$GPUS" \
+        ${PLACEMENT:+--placement "$PLACEMENT"} "${engine_args[@]}" "${llm_args[@]}"
 }
 
 serve() {  # serve REPO [more tritonserver arguments]
@@ -89,9 +105,11 @@ serve() {  # serve REPO [more tritonserver arguments]
 }
 
 cpu() {
-    say "tiny synthetic weights and a CPU repository in $CPU_BUILD"
+    say "tiny synthetic tokenizer and EditX weights and a CPU repository in $CPU_BUILD"
     python3 -m build_scripts.make_synthetic_weights --preset tiny --out "$CPU_BUILD/weights/tiny"
-    build_repository "$CPU_BUILD/weights/tiny" "$CPU_BUILD/model_repository" --device cpu
+    python3 -m build_scripts.make_synthetic_editx --preset tiny --out "$CPU_BUILD/weights/tiny-editx"
+    build_repository "$CPU_BUILD/weights/tiny" "$CPU_BUILD/weights/tiny-editx" \
+        "$CPU_BUILD/model_repository" --device cpu
     serve "$CPU_BUILD/model_repository"
 }
 

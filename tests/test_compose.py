@@ -1,7 +1,8 @@
 """docker-compose.yml and the image's entrypoint, checked without a Docker engine: Debian's
 `docker-compose config` validates and resolves the file for both profiles, the README shows
-the CPU profile's command lines, and the entrypoint's `init` builds a GPU repository from
-weights (idempotently) with no GPU present."""
+the CPU profile's command lines, the entrypoint's `init` builds a GPU repository from the
+tokenizer and (when present) the EditX weights, idempotently, with no GPU present, and `cpu`
+builds the synthetic tokenizer + clone repository and hands it to tritonserver."""
 from __future__ import annotations
 
 import json
@@ -73,13 +74,16 @@ def test_config_validates_and_each_profile_serves_on_the_triton_ports(profile):
 
 
 def test_gpu_profile_reserves_gpus_and_waits_for_the_engine_build():
-    gpu = services_of(compose_config("gpu", {"WEIGHTS_DIR": "/data/tokenizer", "GPUS": "0,1"}),
-                      "gpu")
+    gpu = services_of(compose_config("gpu", {"WEIGHTS_DIR": "/data/tokenizer", "GPUS": "0,1",
+                                             "EDITX_DIR": "/data/editx"}), "gpu")
     assert sorted(gpu) == ["init", "tritonserver"]
     for service in gpu.values():
         devices = service["deploy"]["resources"]["reservations"]["devices"]
         assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
         assert "/data/tokenizer:/weights:ro" in service["volumes"]
+        assert "/data/editx:/editx:ro" in service["volumes"]
+        assert (service["environment"]["WEIGHTS"], service["environment"]["EDITX"]) == ("/weights", "/editx")
+        assert service["environment"]["LLM_ENGINE"] == "python"
         assert "model_repository:/models:rw" in service["volumes"]
         assert service["environment"]["GPUS"] == "0,1"
     assert gpu["init"]["command"] == ["init"]
@@ -119,20 +123,69 @@ def _python3_first(tmp_path) -> dict[str, str]:
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
 
-def test_init_builds_the_gpu_repository_once(tmp_path, tiny_weights):
-    env = {**_python3_first(tmp_path), "WEIGHTS": str(tiny_weights), "REPO": str(tmp_path / "repo"),
-           "ENGINES": str(tmp_path / "engines"), "GPUS": "0,1", "GPU_ENGINE": "none",
-           "MAX_BATCH_SIZE": "4", "INSTANCES": "vq02=2"}
+def read_config(path) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def test_init_builds_the_gpu_repository_once(tmp_path, tiny_weights, tiny_editx):
+    env = {**_python3_first(tmp_path), "WEIGHTS": str(tiny_weights), "EDITX": str(tiny_editx),
+           "REPO": str(tmp_path / "repo"), "ENGINES": str(tmp_path / "engines"), "GPUS": "0,1",
+           "GPU_ENGINE": "none", "MAX_BATCH_SIZE": "4", "INSTANCES": "vq02=2",
+           "PLACEMENT": "vq02=0,vq06=1,llm=0,decoder=1"}
     first = subprocess.run(["bash", ENTRYPOINT, "init"], capture_output=True, text=True, env=env,
                            timeout=120)
     assert first.returncode == 0, first.stderr
-    config = text_format.Parse((tmp_path / "repo" / "vq02" / "config.pbtxt").read_text(),
-                               model_config_pb2.ModelConfig())
+    config = read_config(tmp_path / "repo" / "vq02" / "config.pbtxt")
     assert config.max_batch_size == 4
     (group,) = config.instance_group
-    assert (group.count, group.kind, list(group.gpus)) == (2, group.KIND_GPU, [0, 1])
+    assert (group.count, group.kind, list(group.gpus)) == (2, group.KIND_GPU, [0])
+    for model, gpu in (("llm_stream", 0), ("token2wav", 1)):
+        (group,) = read_config(tmp_path / "repo" / model / "config.pbtxt").instance_group
+        assert (group.kind, list(group.gpus)) == (group.KIND_GPU, [gpu]), model
+    assert read_config(tmp_path / "repo" / "clone" / "config.pbtxt").name == "clone"
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "repo").rglob("*") if p.is_file()}
     second = subprocess.run(["bash", ENTRYPOINT, "init"], capture_output=True, text=True, env=env,
                             timeout=120)
     assert second.returncode == 0, second.stderr
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+
+
+def test_init_without_editx_weights_builds_the_tokenizer_only(tmp_path, tiny_weights):
+    empty = tmp_path / "editx"  # what docker creates for an EDITX_DIR that does not exist
+    empty.mkdir()
+    env = {**_python3_first(tmp_path), "WEIGHTS": str(tiny_weights), "EDITX": str(empty),
+           "REPO": str(tmp_path / "repo"), "ENGINES": str(tmp_path / "engines"),
+           "GPU_ENGINE": "none"}
+    run = subprocess.run(["bash", ENTRYPOINT, "init"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert (f"entrypoint: no EditX weights in {empty} (no config.json): tokenizer only, no clone "
+            "models\n") in run.stderr
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == [
+        "audio_tokenizer", "preprocess", "token_merge", "vq02", "vq06"]
+
+
+def test_cpu_builds_the_synthetic_clone_repository_and_serves_it(tmp_path, tiny_weights, tiny_editx):
+    """`cpu` with the synthetic weights already in CPU_BUILD (the generators leave complete
+    ones alone) and a stand-in `tritonserver` that records its arguments."""
+    build_dir = tmp_path / "build"
+    for source, name in ((tiny_weights, "tiny"), (tiny_editx, "tiny-editx")):
+        shutil.copytree(source, build_dir / "weights" / name, ignore=shutil.ignore_patterns(".*lock"))
+    env = _python3_first(tmp_path)
+    argv_file = tmp_path / "tritonserver.argv"
+    server = tmp_path / "bin" / "tritonserver"
+    server.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {shlex.quote(str(argv_file))}\n')
+    server.chmod(0o755)
+    run = subprocess.run(["bash", ENTRYPOINT, "cpu"], capture_output=True, text=True,
+                         env={**env, "CPU_BUILD": str(build_dir)}, timeout=300)
+    assert run.returncode == 0, run.stderr
+    repo = build_dir / "model_repository"
+    assert read_config(repo / "audio_tokenizer" / "config.pbtxt").platform == "ensemble"
+    for model in ("vq02", "clone", "clone_stream", "llm_stream", "token2wav"):
+        (group,) = read_config(repo / model / "config.pbtxt").instance_group
+        assert group.kind == group.KIND_CPU, model
+    argv = argv_file.read_text().splitlines()
+    assert argv[:6] == [f"--model-repository={repo}", "--http-port=8000", "--grpc-port=8001",
+                        "--metrics-port=8002", "--disable-auto-complete-config",
+                        "--exit-timeout-secs=30"]
+    assert argv[6:] == ["--model-control-mode=explicit", "--load-model=*"]
