@@ -5,8 +5,15 @@ load, and corrupt weight files. What tritonserver 2.51 does, observed and pinned
   'audio_tokenizer', Stub process 'vq02_0_0' is not healthy.", while the server and the model
   still report ready, and the stub is not restarted (the failures go on). docker/healthcheck.py
   sees the failure and reloads the model (explicit model control); then requests succeed again.
+- SIGKILL of the `llm_stream` stub under clone load: every clone fails with INTERNAL "internal
+  error: EngineError: model 'llm_stream' failed: Stub process 'llm_stream_0_0' is not
+  healthy." while everything still reports ready and nothing restarts the stub; the
+  healthcheck's `llm` probe fails the same way, it reloads `llm_stream`, and clones succeed
+  again.
 - A truncated weight file: the model that reads it fails to load, the server refuses to start
-  ("failed to load all models"), and the log names the model and the file.
+  ("failed to load all models"), and the log names the model and the file. Likewise a missing
+  EditX tokenizer.model (prompt_builder, edit_prompt_builder); a truncated EditX flow.pt fails
+  token2wav with torch's message, which does not name the file (pinned as a known gap).
 """
 from __future__ import annotations
 
@@ -23,12 +30,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from build_scripts.build_repository import RepositoryOptions, build
 from build_scripts.serve import ServerStartError, TritonServer
 from conftest import ROOT
-from python_backends.settings import CENTROIDS_FILE, SPEECH_TOKENIZER_FILE
+from perf.saturation import clone_inputs
+from python_backends.settings import (CENTROIDS_FILE, COSYVOICE_DIR, SPEECH_TOKENIZER_FILE,
+                                      TEXT_TOKENIZER_FILE)
 
 EXPLICIT = ("--model-control-mode=explicit", "--load-model=*")
 OPTIONS = RepositoryOptions(max_batch_size=4, queue_delay_us=1000, max_audio_seconds=10.0)
@@ -65,21 +74,24 @@ def stub_pids(server_pid: int, model: str) -> list[int]:
     return pids
 
 
-def tokenize(client, inputs: dict[str, np.ndarray], model: str = "audio_tokenizer"):
+def infer(client, inputs: dict[str, np.ndarray], model: str = "audio_tokenizer",
+          timeout_s: float | None = None):
     tensors = []
     for name, array in inputs.items():
-        tensor = grpcclient.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32 else "INT32")
+        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
         tensor.set_data_from_numpy(array)
         tensors.append(tensor)
-    return client.infer(model, tensors)
+    return client.infer(model, tensors, client_timeout=timeout_s)
 
 
 class Load:
-    """`threads` clients sending the probe request in a loop until stopped; outcomes are
+    """`threads` clients sending one request to `model` in a loop until stopped; outcomes are
     (monotonic send time, "ok" or the error message)."""
 
-    def __init__(self, url: str, inputs: dict[str, np.ndarray], threads: int = 3):
-        self.url, self.inputs, self.outcomes = url, inputs, []
+    def __init__(self, url: str, inputs: dict[str, np.ndarray], threads: int = 3,
+                 model: str = "audio_tokenizer", timeout_s: float | None = None):
+        self.url, self.inputs, self.model, self.outcomes = url, inputs, model, []
+        self.timeout_s = timeout_s  # client deadline per request
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
@@ -88,7 +100,7 @@ class Load:
         while not self._stop.is_set():
             sent = time.monotonic()
             try:
-                tokenize(client, self.inputs)
+                infer(client, self.inputs, self.model, self.timeout_s)
                 self.outcomes.append((sent, "ok"))
             except InferenceServerException as exc:
                 self.outcomes.append((sent, f"{exc.status()} {exc.message()}"))
@@ -151,6 +163,42 @@ def test_killed_stub_fails_its_requests_until_the_healthcheck_reloads_it(tmp_pat
         client.close()
 
 
+def test_killed_llm_stream_stub_fails_clones_until_the_healthcheck_reloads_it(tmp_path, tiny_weights,
+                                                                             tiny_editx):
+    repo = build(tiny_weights, tmp_path / "repo", OPTIONS, editx=tiny_editx)
+    request = clone_inputs(1.0, count=1)[0]  # one voice, max_new_tokens 31: the cache holds it
+    failure = ("internal error: EngineError: model 'llm_stream' failed: Stub process "
+               "'llm_stream_0_0' is not healthy.")
+    answers = ("'audio_tokenizer' answered", "'prompt_encoder' answered", "'llm' answered",
+               "'token2wav' answered")
+    with TritonServer(repo, address="127.0.0.1", log_file=tmp_path / "server.log",
+                      extra_args=EXPLICIT) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        assert healthcheck.ready_probes(server.http_url) == tuple(healthcheck.PROBES)
+        assert healthcheck.check_all(server.http_url) == healthcheck.Health(True, "; ".join(answers))
+        (victim,) = stub_pids(server.process.pid, "llm_stream")
+        with Load(server.grpc_url, request, threads=2, model="clone", timeout_s=120) as load:
+            wait_for(lambda: load.since(0)["ok"] >= 3, 60, "3 clones before the kill")
+            os.kill(victim, signal.SIGKILL)
+            killed = time.monotonic()
+            wait_for(lambda: load.since(killed + 0.5)[f"StatusCode.INTERNAL {failure}"] >= 2, 60,
+                     "failed clones after the kill")
+            assert client.is_server_ready() and client.is_model_ready("llm_stream")
+            assert client.is_model_ready("clone")
+            assert stub_pids(server.process.pid, "llm_stream") == []
+            assert set(load.since(killed + 0.5)) == {f"StatusCode.INTERNAL {failure}"}
+
+            health = healthcheck.check_all(server.http_url)
+            assert health == healthcheck.Health(False, "; ".join(
+                [*answers[:2], f"'llm' failed: {failure}", answers[3]]), ("llm_stream",))
+            reloaded = time.monotonic()
+            assert len(stub_pids(server.process.pid, "llm_stream")) == 1
+            wait_for(lambda: load.since(reloaded)["ok"] >= 3, 60, "clones after the reload")
+            assert set(load.since(reloaded)) == {"ok"}, load.since(reloaded)
+        assert healthcheck.check_all(server.http_url).healthy
+        client.close()
+
+
 def test_healthcheck_reads_model_names_from_instance_names():
     message = ("in ensemble 'clone', Stub process 'token_merge_0_1' is not healthy.; "
                "Stub process 'vq02_1_0' is not healthy.; Stub process 'token_merge_0_0' is not healthy.")
@@ -192,3 +240,41 @@ def test_corrupt_centroids_file_is_named(corrupt_start):
     weights, error, _ = corrupt_start
     line = next(line for line in error.splitlines() if "failed to load 'vq02' version 1" in line)
     assert str(weights / CENTROIDS_FILE) in line
+
+
+@pytest.fixture(scope="module")
+def corrupt_editx_start(tmp_path_factory, tiny_weights, tiny_editx):
+    """A server start on EditX weights whose flow.pt was cut in half and whose tokenizer.model
+    was removed after the repository was built: (weights, ServerStartError text)."""
+    root = tmp_path_factory.mktemp("corrupt_editx")
+    editx = root / "editx"
+    shutil.copytree(tiny_editx, editx, ignore=shutil.ignore_patterns(".*lock"))
+    repo = build(tiny_weights, root / "repo", OPTIONS, editx=editx)
+    flow = editx / COSYVOICE_DIR / "flow.pt"
+    flow.write_bytes(flow.read_bytes()[: flow.stat().st_size // 2])
+    (editx / TEXT_TOKENIZER_FILE).unlink()
+    with pytest.raises(ServerStartError) as failed:
+        TritonServer(repo, address="127.0.0.1", log_file=root / "server.log",
+                     startup_timeout=300).start()
+    return editx, str(failed.value)
+
+
+def load_error(error: str, model: str) -> str:
+    return next(line for line in error.splitlines() if f"failed to load '{model}' version 1" in line)
+
+
+@pytest.mark.parametrize("model", ["prompt_builder", "edit_prompt_builder"])
+def test_missing_text_tokenizer_is_named(corrupt_editx_start, model):
+    editx, error = corrupt_editx_start
+    assert (f"failed to load '{model}' version 1: Internal: FileNotFoundError: [Errno 2] No such "
+            f"file or directory: '{editx / TEXT_TOKENIZER_FILE}'") in load_error(error, model)
+
+
+@pytest.mark.xfail(strict=True, reason="token2wav's load error is torch's 'PytorchStreamReader "
+                   "failed reading zip archive: failed finding central directory', without the path "
+                   "of the damaged flow.pt")
+def test_truncated_flow_checkpoint_is_named(corrupt_editx_start):
+    editx, error = corrupt_editx_start
+    line = load_error(error, "token2wav")
+    assert "PytorchStreamReader failed reading zip archive" in line
+    assert str(editx / COSYVOICE_DIR / "flow.pt") in line
