@@ -35,14 +35,15 @@ class CloneModel:
     def _handle(self, request, sender):
         req = read_clone_request(request)
         hits, misses = self.cache.hits, self.cache.misses
-        wave, times = self.pipeline.clone(req, request.is_cancelled)
-        self.metrics["hits"].increment(self.cache.hits - hits)
-        self.metrics["misses"].increment(self.cache.misses - misses)
-        triton_io.pb().Logger.log_info(
-            "clone: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items()
-                                  if k != "prompt_cached")
-            + f"; prompt cache {'hit' if times['prompt_cached'] else 'miss'} (hits "
-            f"{self.cache.hits}, misses {self.cache.misses})")
+        wave, times = self.pipeline.clone(req, lambda: triton_io.is_cancelled(request))
+        with triton_io.STUB_IPC_LOCK:
+            self.metrics["hits"].increment(self.cache.hits - hits)
+            self.metrics["misses"].increment(self.cache.misses - misses)
+            triton_io.pb().Logger.log_info(
+                "clone: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items()
+                                      if k != "prompt_cached")
+                + f"; prompt cache {'hit' if times['prompt_cached'] else 'miss'} (hits "
+                f"{self.cache.hits}, misses {self.cache.misses})")
         if not self.stream:
             return output_tensors(wave, times)
         step = max(1, int(self.settings.stream_chunk_seconds * DECODER.output_sample_rate))

@@ -51,6 +51,10 @@ def read_clone_request(request) -> CloneRequest:
         value = io.read_utterance(request, name, dtype, optional=True)
         if value is not None:
             generation[name] = value
+    if "max_new_tokens" in generation and int(generation["max_new_tokens"][0]) < 2:
+        raise InvalidInput("max_new_tokens", f"is {int(generation['max_new_tokens'][0])}",
+                           "an integer >= 2 for a clone (the last generated id is dropped, as "
+                           "the original does)")
     seed = io.read_utterance(request, "seed", np.int64, optional=True)
     return CloneRequest(
         waveform=io.read_utterance(request, "waveform", np.float32),

@@ -17,24 +17,16 @@ another GPU or TensorRT version makes the model fail to load with a message sayi
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from . import engine_metadata
+from .triton_io import STUB_IPC_LOCK
 from .errors import INVALID_INPUT_MESSAGE, ForwardedInvalidInput, RequestCancelled
 
 ENGINE_PARAMETER = "engine_model"
-
-
-# Triton 2.51's Python backend crashes (segfault in libtriton_python, then a boost
-# interprocess lock_exception) when several threads of one stub send BLS requests at once
-# (server issue #8882; seen here with 8 concurrent clones). Sending is serialised; waiting for
-# the responses is not, so the clone worker threads still overlap and their calls still meet in
-# the called models' batches.
-_SEND_LOCK = threading.Lock()
 
 
 class EngineError(RuntimeError):
@@ -110,8 +102,9 @@ class EngineClient:
 
     def _submit(self, inputs: Mapping[str, object], outputs: Sequence[str]):
         """Send the request; its responses arrive through the returned iterator. Only the
-        sending is serialised (_SEND_LOCK), so calls from many threads still overlap."""
-        with _SEND_LOCK:
+        sending holds the stub's IPC lock (triton_io.STUB_IPC_LOCK), so calls from many
+        threads still overlap and meet in the called models' batches."""
+        with STUB_IPC_LOCK:
             return self._request(inputs, outputs).exec(decoupled=True)
 
     def infer(self, inputs: Mapping[str, object], outputs: Sequence[str]) -> dict[str, object]:
@@ -128,7 +121,8 @@ class EngineClient:
         responses = self._submit(inputs, outputs)
         for response in responses:
             if cancelled is not None and cancelled():
-                responses.cancel()
+                with STUB_IPC_LOCK:
+                    responses.cancel()
                 raise RequestCancelled(f"cancelled while '{self.model_name}' was answering")
             if response.has_error():
                 self._outputs(response, outputs)

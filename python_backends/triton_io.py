@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import threading
 import traceback
 from typing import Callable, Sequence
 
@@ -20,6 +21,13 @@ from .errors import InvalidInput
 from .settings import TokenizerSettings
 
 SETTINGS_PARAMETER = "tokenizer_settings"
+
+# Triton 2.51's Python backend crashes (segfault in libtriton_python, then a boost interprocess
+# lock_exception) when several threads of one stub talk to the server at once (server issue
+# #8882; seen here with concurrent clones). Every call our worker threads make into the stub's
+# IPC (sending a BLS request, cancelling it, asking whether a request was cancelled, sending a
+# response, logging, metrics) holds this lock; waiting for BLS responses does not.
+STUB_IPC_LOCK = threading.RLock()
 
 
 def pb():
@@ -117,6 +125,12 @@ def bytes_tensor(name: str, text: str):
     return pb().Tensor(name, np.array([[text.encode("utf-8")]], dtype=np.object_))
 
 
+def is_cancelled(request) -> bool:
+    """request.is_cancelled() under the IPC lock (it asks the server)."""
+    with STUB_IPC_LOCK:
+        return bool(request.is_cancelled())
+
+
 def error_response(exc: BaseException):
     """Client input errors → INVALID_ARG with the InvalidInput message; anything else → INTERNAL."""
     utils = pb()
@@ -129,7 +143,8 @@ def error_response(exc: BaseException):
 def log_internal(exc: BaseException) -> None:
     text = "".join(traceback.format_exception(exc))
     try:
-        pb().Logger.log_error(text)
+        with STUB_IPC_LOCK:
+            pb().Logger.log_error(text)
     except Exception:  # outside the stub, or a stub without Logger
         print(text, file=sys.stderr, flush=True)
 

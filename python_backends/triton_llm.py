@@ -71,7 +71,8 @@ class LlmStreamModel:
 
     def _submit(self, request) -> None:
         pb = triton_io.pb()
-        sender = request.get_response_sender()
+        with triton_io.STUB_IPC_LOCK:
+            sender = request.get_response_sender()
         final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         try:
             prompt = triton_io.read_utterance(request, "input_ids", np.int64)
@@ -79,25 +80,30 @@ class LlmStreamModel:
             stream = _optional_scalar(request, "stream", np.bool_)
             stream = True if stream is None else bool(stream)
 
+            def send(response=None, flags=0):
+                with triton_io.STUB_IPC_LOCK:  # the generator thread sends too
+                    sender.send(response, flags=flags)
+
             def on_token(ids):
-                sender.send(pb.InferenceResponse(output_tensors=[_ids_tensor(ids)]))
+                send(pb.InferenceResponse(output_tensors=[_ids_tensor(ids)]))
 
             def on_done(ids, error):
                 if error is not None:
                     if not isinstance(error, InvalidInput):
                         triton_io.log_internal(error)
-                    sender.send(triton_io.error_response(error), flags=final)
+                    send(triton_io.error_response(error), final)
                 elif stream:
-                    sender.send(flags=final)
+                    send(flags=final)
                 else:
-                    sender.send(pb.InferenceResponse(output_tensors=[_ids_tensor(ids)]), flags=final)
+                    send(pb.InferenceResponse(output_tensors=[_ids_tensor(ids)]), final)
 
             self.generator.submit(prompt.tolist(), params, on_token if stream else None, on_done,
-                                  cancelled=sender.is_cancelled)
+                                  cancelled=lambda: triton_io.is_cancelled(sender))
         except Exception as exc:  # noqa: BLE001 - bad input or a stopped generator: this request only
             if not isinstance(exc, InvalidInput):
                 triton_io.log_internal(exc)
-            sender.send(triton_io.error_response(exc), flags=final)
+            with triton_io.STUB_IPC_LOCK:
+                sender.send(triton_io.error_response(exc), flags=final)
 
     def execute(self, requests):
         for request in requests:
@@ -125,7 +131,8 @@ class LlmModel:
             values = triton_io.read_utterance(request, name, dtype, optional=True)
             if values is not None:
                 inputs[name] = values[None]
-        responses = list(self.engine.stream(inputs, ["output_ids"], cancelled=request.is_cancelled))
+        responses = list(self.engine.stream(inputs, ["output_ids"],
+                                            cancelled=lambda: triton_io.is_cancelled(request)))
         ids = np.concatenate([r["output_ids"][0] for r in responses]) if responses else np.zeros(0, np.int32)
         return [_ids_tensor(ids)]
 

@@ -1,5 +1,7 @@
 """Answering requests from worker threads, so one model instance serves many at once.
 
+Every call into the stub's IPC holds triton_io.STUB_IPC_LOCK (Triton 2.51 crashes otherwise).
+
 The `llm` and `clone` models spend most of a request waiting on other models (BLS) whose
 own schedulers batch across requests; answering in `execute` one request at a time would
 serialise them and leave those batches empty. Instead `execute` hands each request to a
@@ -30,7 +32,8 @@ class ThreadedResponder:
     @staticmethod
     def _answer(request, handle: Callable) -> None:
         pb = triton_io.pb()
-        sender = request.get_response_sender()
+        with triton_io.STUB_IPC_LOCK:
+            sender = request.get_response_sender()
         try:
             outputs = handle(request, sender)
             response = pb.InferenceResponse(output_tensors=outputs)
@@ -38,12 +41,15 @@ class ThreadedResponder:
             if not isinstance(exc, InvalidInput):
                 triton_io.log_internal(exc)
             response = triton_io.error_response(exc)
-        sender.send(response, flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        with triton_io.STUB_IPC_LOCK:
+            sender.send(response, flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     @staticmethod
     def send_partial(sender, outputs: list) -> None:
         """A non-final response (decoupled models only)."""
-        sender.send(triton_io.pb().InferenceResponse(output_tensors=outputs))
+        response = triton_io.pb().InferenceResponse(output_tensors=outputs)
+        with triton_io.STUB_IPC_LOCK:
+            sender.send(response)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)

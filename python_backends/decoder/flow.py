@@ -163,7 +163,10 @@ def load_flow(cosyvoice_dir: Path | str, device: str | torch.device = "cpu",
     root = Path(cosyvoice_dir)
     cfg = flow_config_from_yaml(load_cosyvoice_yaml(root / COSYVOICE_YAML_FILE))
     model = CausalMaskedDiffWithXvec(cfg)
-    state = torch.load(root / FLOW_FILE, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(root / FLOW_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged file: name it
+        raise ValueError(f"cannot read the flow weights {root / FLOW_FILE}: {exc}") from exc
     load_state_strict(model, state, root / FLOW_FILE)
     noise = load_noise(root / FLOW_NOISE_FILE, cfg.output_size)
     model = model.to(device=device, dtype=dtype).eval()

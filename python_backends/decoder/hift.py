@@ -320,7 +320,10 @@ def load_hift(path: str | Path, hift_kwargs: dict, device: str | torch.device = 
     """hift.pt + the parsed `hift` yaml section → an eval-mode HiFTGenerator on device/dtype
     with weight norm folded."""
     model = build_hift(hift_kwargs)
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged file: name it
+        raise ValueError(f"cannot read the HiFT weights {path}: {exc}") from exc
     state = _modern_names(state)
     check_state_dict(model, state, str(path))
     model.load_state_dict(state, strict=True)
