@@ -187,6 +187,7 @@ class TritonServer:
             self.http_port, self.grpc_port, self.metrics_port = (
                 p or free_port() for p in self.requested_ports)
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            self._log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
             with open(self.log_file, "ab") as log:
                 self.process = subprocess.Popen(self._command(backends), stdout=log,
                                                 stderr=subprocess.STDOUT, env=env,
@@ -212,11 +213,18 @@ class TritonServer:
                                        f"log {self.log_file}:\n{log_tail(self.log_file)}")
             with contextlib.suppress(urllib.error.URLError, ConnectionError, OSError):
                 with urllib.request.urlopen(url, timeout=2) as reply:
-                    if reply.status == 200:
+                    # ours, not another server that held the free port we picked
+                    if reply.status == 200 and self._listening():
                         return
             time.sleep(0.25)
         raise ServerStartError(f"tritonserver not ready after {self.startup_timeout:.0f} s; "
                                f"log {self.log_file}:\n{log_tail(self.log_file)}")
+
+    def _listening(self) -> bool:
+        """Our process's log (from where it started) says its HTTP service is up."""
+        with open(self.log_file, "rb") as log:
+            log.seek(self._log_offset)
+            return b"Started HTTPService at" in log.read()
 
     def _terminate(self, timeout: float = 30.0) -> int | None:
         proc, self.process = self.process, None
