@@ -17,16 +17,10 @@ unless --force.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import fcntl
-import hashlib
-import json
 import logging
-import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +28,8 @@ import onnx
 import onnxruntime
 import torch
 
-from python_backends.decoder.estimator_engine import (OUTPUT, default_onnx_path, metadata_path,
-                                                      weights_digest)
+from build_scripts import onnx_export
+from python_backends.decoder.estimator_engine import OUTPUT, default_onnx_path, weights_digest
 from python_backends.decoder.cosyvoice_yaml import load_cosyvoice_yaml
 from python_backends.decoder.flow import (COSYVOICE_YAML_FILE, FLOW_FILE, flow_config_from_yaml,
                                           load_state_strict)
@@ -49,7 +43,6 @@ LOG = logging.getLogger("export_flow_onnx")
 FORMAT = 1
 DEFAULT_OPSET = 18
 MAX_ABS_DIFF = 1e-4
-REPO = Path(__file__).resolve().parents[1]
 # code whose changes change the exported graph: a sidecar written by other code is stale
 CODE_SOURCES = ("python_backends/decoder/flow_dit.py", "build_scripts/export_flow_onnx.py")
 AXES = {**{n: {0: "batch", 2: "frames"} for n in ("x", "mask", "mu", "cond", OUTPUT)},
@@ -63,29 +56,10 @@ class ExportCheckFailed(RuntimeError):
     """onnxruntime's velocity differs from PyTorch's by more than MAX_ABS_DIFF: nothing written."""
 
 
-def code_fingerprint() -> str:
-    h = hashlib.sha256()
-    for rel in CODE_SOURCES:
-        h.update(rel.encode() + b"\0" + (REPO / rel).read_bytes() + b"\0")
-    return h.hexdigest()
-
-
-def read_metadata(onnx_path: Path) -> dict | None:
-    try:
-        return json.loads(metadata_path(onnx_path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def is_up_to_date(onnx_path: Path, digest: str, opset: int) -> bool:
     """FILE exists with the size its sidecar records, exported from these weights by this code."""
-    meta = read_metadata(onnx_path)
-    if not meta or not onnx_path.is_file():
-        return False
-    return (meta.get("format") == FORMAT and meta.get("weights", {}).get("sha256") == digest
-            and meta.get("opset") == opset and meta.get("code_fingerprint") == code_fingerprint()
-            and meta.get("check", {}).get("passed") is True
-            and meta.get("onnx_file", {}).get("bytes") == onnx_path.stat().st_size)
+    return onnx_export.is_up_to_date(onnx_path, digest, opset,
+                                     onnx_export.code_fingerprint(CODE_SOURCES), FORMAT)
 
 
 def guidance_inputs(frames: tuple[int, ...], channels: int, seed: int) -> tuple[torch.Tensor, ...]:
@@ -156,13 +130,10 @@ def _export_locked(cosyvoice: Path, out: Path, opset: int, digest: str, per_file
         estimator = load_estimator(cosyvoice)
         channels = estimator.out_channels
         info["params"] = sum(p.numel() for p in estimator.parameters())
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp_meta = metadata_path(out).with_name(f".{metadata_path(out).name}.tmp{os.getpid()}")
-    try:
+    with onnx_export.StagedExport(out) as staged:
+        tmp = staged.tmp
         with log_stage(LOG, "export", opset=opset) as info:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", category=DeprecationWarning)  # legacy exporter
-                warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+            with torch.no_grad(), onnx_export.quiet_exporter():
                 torch.onnx.export(estimator, guidance_inputs((17, 9), channels, 0), str(tmp),
                                   input_names=list(FLOW_INPUTS), output_names=[OUTPUT],
                                   dynamic_axes=AXES, opset_version=opset, dynamo=False)
@@ -172,9 +143,10 @@ def _export_locked(cosyvoice: Path, out: Path, opset: int, digest: str, per_file
             checks = run_checks(estimator, tmp, channels)
             info["passed"] = True
         with log_stage(LOG, "write", out=out):
-            meta = {
+            staged.publish({
                 "format": FORMAT, "model": "flow_estimator",
-                "exporter": "build_scripts/export_flow_onnx.py", "code_fingerprint": code_fingerprint(),
+                "exporter": "build_scripts/export_flow_onnx.py",
+                "code_fingerprint": onnx_export.code_fingerprint(CODE_SOURCES),
                 "weights": {"dir": str(cosyvoice.resolve()), "sha256": digest, "files": per_file},
                 "opset": opset, "torch": torch.__version__, "onnx": onnx.__version__,
                 "onnxruntime": onnxruntime.__version__, "dtype": "float32",
@@ -184,14 +156,7 @@ def _export_locked(cosyvoice: Path, out: Path, opset: int, digest: str, per_file
                 "onnx_file": {"name": out.name, "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)},
                 "export_seconds": round(export_seconds, 2),
                 "check": {"passed": True, "max_abs_diff_allowed": MAX_ABS_DIFF, "cases": checks},
-            }
-            tmp_meta.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-            # the .onnx first: a crash between the renames leaves old metadata → not up to date
-            os.replace(tmp, out)
-            os.replace(tmp_meta, metadata_path(out))
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp_meta.unlink(missing_ok=True)
+            })
     LOG.info("stage=done seconds=%.2f out=%s bytes=%d weights=%s", time.perf_counter() - t_all, out,
              out.stat().st_size, digest[:12])
     return out
@@ -205,34 +170,13 @@ def export(cosyvoice: str | Path, out: str | Path | None = None, opset: int = DE
         digest, per_file = weights_digest(cosyvoice)
         info["sha256"] = digest[:12]
     out = Path(out) if out is not None else default_onnx_path(digest)
-    if out.suffix != ".onnx":
-        raise ValueError(f"--out must end in .onnx, got {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_name(f".{out.name}.lock"), "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one exporter per output file at a time
-        try:
-            return _export_locked(cosyvoice, out, int(opset), digest, per_file, force)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with onnx_export.locked_output(out):
+        return _export_locked(cosyvoice, out, int(opset), digest, per_file, force)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cosyvoice", type=Path, required=True,
-                    help="CosyVoice-300M-25Hz directory (cosyvoice.yaml, flow.pt)")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="ONNX file to write (default build/engines/flow_estimator.<weights hash>.onnx)")
-    ap.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    ap.add_argument("--force", action="store_true", help="export even when the file is up to date")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s", stream=sys.stderr)
-    try:
-        path = export(args.cosyvoice, args.out, args.opset, args.force)
-    except ExportCheckFailed as e:
-        LOG.error("stage=check failed: %s", e)
-        return 3
-    print(path)
-    return 0
+    return onnx_export.main(argv, __doc__.split("\n\n")[0], ("cosyvoice", "CosyVoice-300M-25Hz directory (cosyvoice.yaml, flow.pt)"),
+                            "build/engines/flow_estimator.<weights hash>.onnx", DEFAULT_OPSET, export, ExportCheckFailed, LOG)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,7 @@ unless --force.
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
-import fcntl
-import hashlib
-import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,16 +24,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from build_scripts import onnx_export
 from python_backends.file_io import log_stage, sha256_file
 from python_backends.chunk_encoder import GRAPH_INPUTS, GRAPH_OUTPUTS, ChunkedEncoderQuantizer
 from python_backends.settings import ALGORITHM as A
 from python_backends.settings import CENTROIDS_FILE, PARAFORMER_DIR
-from python_backends.vq02 import default_onnx_path, metadata_path, weights_digest
+from python_backends.vq02 import default_onnx_path, weights_digest
 
 LOG = logging.getLogger("export_vq02_onnx")
 FORMAT = 1
 DEFAULT_OPSET = 17
-REPO = Path(__file__).resolve().parents[1]
 # code whose changes change the exported graph: metadata written by other code is stale
 CODE_SOURCES = ("python_backends/chunk_encoder.py", "build_scripts/export_vq02_onnx.py")
 AXES = {"feats": {0: "frames"}, "pos_enc": {0: "frames"}, "window_src": {0: "windows"},
@@ -63,31 +57,10 @@ def _stage(name: str, **fields):
     return log_stage(LOG, name, **fields)
 
 
-def code_fingerprint() -> str:
-    h = hashlib.sha256()
-    for rel in CODE_SOURCES:
-        h.update(rel.encode() + b"\0" + (REPO / rel).read_bytes() + b"\0")
-    return h.hexdigest()
-
-
-
-
-def read_metadata(onnx_path: Path) -> dict | None:
-    try:
-        return json.loads(metadata_path(onnx_path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def is_up_to_date(onnx_path: Path, digest: str, opset: int) -> bool:
     """FILE exists with the size its metadata records, exported from these weights by this code."""
-    meta = read_metadata(onnx_path)
-    if not meta or not onnx_path.is_file():
-        return False
-    return (meta.get("format") == FORMAT and meta.get("weights", {}).get("sha256") == digest
-            and meta.get("opset") == opset and meta.get("code_fingerprint") == code_fingerprint()
-            and meta.get("check", {}).get("passed") is True
-            and meta.get("onnx_file", {}).get("bytes") == onnx_path.stat().st_size)
+    return onnx_export.is_up_to_date(onnx_path, digest, opset,
+                                     onnx_export.code_fingerprint(CODE_SOURCES), FORMAT)
 
 
 def load_model(weights: Path) -> tuple[ChunkedEncoderQuantizer, object]:
@@ -196,14 +169,13 @@ def _export_locked(weights: Path, out: Path, opset: int, digest: str, per_file: 
         info["params"] = sum(p.numel() for p in model.parameters())
         info["blocks"] = 1 + len(model.encoders)
         info["d"] = model.d
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp_meta = metadata_path(out).with_name(f".{metadata_path(out).name}.tmp{os.getpid()}")
-    try:
+    with onnx_export.StagedExport(out) as staged:
+        tmp = staged.tmp
         with _stage("export", opset=opset) as info:
             example = [np.random.default_rng(0).standard_normal((n, model.input_size)).astype(np.float32)
                        for n in (23, 41)]
             inputs = model.graph_inputs(torch.from_numpy(np.concatenate(example)), [23, 41])
-            with torch.no_grad(), _quiet_exporter():
+            with torch.no_grad(), onnx_export.quiet_exporter():
                 torch.onnx.export(model, tuple(inputs[k] for k in GRAPH_INPUTS), str(tmp),
                                   input_names=list(GRAPH_INPUTS), output_names=list(GRAPH_OUTPUTS),
                                   dynamic_axes=AXES, opset_version=opset, dynamo=False)
@@ -217,9 +189,9 @@ def _export_locked(weights: Path, out: Path, opset: int, digest: str, per_file: 
             checks = run_checks(model, tmp, cases)
             info["passed"] = True
         with _stage("write", out=out):
-            meta = {
+            staged.publish({
                 "format": FORMAT, "model": "vq02_encoder", "exporter": "build_scripts/export_vq02_onnx.py",
-                "code_fingerprint": code_fingerprint(),
+                "code_fingerprint": onnx_export.code_fingerprint(CODE_SOURCES),
                 "weights": {"dir": str(weights.resolve()), "sha256": digest, "files": per_file},
                 "opset": opset, "torch": torch.__version__, "onnx": _version("onnx"),
                 "onnxruntime": _version("onnxruntime"),
@@ -232,14 +204,7 @@ def _export_locked(weights: Path, out: Path, opset: int, digest: str, per_file: 
                 "onnx_file": {"name": out.name, "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)},
                 "export_seconds": round(export_seconds, 2),
                 "check": {"passed": True, "features": source, "cases": checks},
-            }
-            tmp_meta.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-            # the .onnx first: a crash between the renames leaves old metadata → not up to date
-            os.replace(tmp, out)
-            os.replace(tmp_meta, metadata_path(out))
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp_meta.unlink(missing_ok=True)
+            })
     LOG.info("stage=done seconds=%.2f out=%s bytes=%d weights=%s", time.perf_counter() - t_all, out,
              out.stat().st_size, digest[:12])
     return out
@@ -252,16 +217,6 @@ def _version(module: str) -> str:
         return "absent"
 
 
-@contextlib.contextmanager
-def _quiet_exporter():
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)  # legacy exporter is chosen
-        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
-        yield
-
-
 def export(weights: Path, out: Path | None = None, opset: int = DEFAULT_OPSET, force: bool = False) -> Path:
     """Export, check and write the vq02 encoder ONNX for `weights` (skipped when up to date) → path."""
     weights = Path(weights)
@@ -269,33 +224,13 @@ def export(weights: Path, out: Path | None = None, opset: int = DEFAULT_OPSET, f
         digest, per_file = weights_digest(weights / PARAFORMER_DIR, weights / CENTROIDS_FILE)
         info["sha256"] = digest[:12]
     out = Path(out) if out is not None else default_onnx_path(digest)
-    if out.suffix != ".onnx":
-        raise ValueError(f"--out must end in .onnx, got {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_name(f".{out.name}.lock"), "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one exporter per output file at a time
-        try:
-            return _export_locked(weights, out, int(opset), digest, per_file, force)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with onnx_export.locked_output(out):
+        return _export_locked(weights, out, int(opset), digest, per_file, force)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--weights", type=Path, required=True, help="tokenizer weights directory")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="ONNX file to write (default build/engines/vq02_encoder.<weights hash>.onnx)")
-    ap.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    ap.add_argument("--force", action="store_true", help="export even when the file is up to date")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s", stream=sys.stderr)
-    try:
-        path = export(args.weights, args.out, args.opset, args.force)
-    except ExportCheckFailed as e:
-        LOG.error("stage=check failed: %s", e)
-        return 3
-    print(path)
-    return 0
+    return onnx_export.main(argv, __doc__.split("\n\n")[0], ("weights", "tokenizer weights directory"),
+                            "build/engines/vq02_encoder.<weights hash>.onnx", DEFAULT_OPSET, export, ExportCheckFailed, LOG)
 
 
 if __name__ == "__main__":

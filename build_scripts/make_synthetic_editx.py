@@ -16,7 +16,6 @@ alone unless --force; files we did not write are never overwritten without --for
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -102,19 +101,7 @@ def build(preset: str, out: Path, seed: int = 0, force: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", choices=PRESETS, required=True)
-    ap.add_argument("--out", type=Path, required=True, help="weights directory to write")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--force", action="store_true", help="rebuild even if complete; overwrite foreign files")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s", stream=sys.stderr)
-    try:
-        build(args.preset, args.out, args.seed, args.force)
-    except mf.WeightsDirInUse as exc:
-        LOG.error("%s", exc)
-        return 2
-    return 0
+    return mf.main(argv, __doc__.split("\n\n")[0], PRESETS, build, LOG)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ without --force.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import subprocess
@@ -34,7 +33,7 @@ from build_scripts import espeak_clips
 from build_scripts.espeak_clips import speech_of_duration
 from build_scripts.synthetic import codebooks, manifest as mf, paraformer_dir, speech_tokenizer_onnx as s3
 from build_scripts.synthetic.files import atomic_open, temp_path_for
-from build_scripts.synthetic.manifest import WeightsDirInUse
+from build_scripts.synthetic.manifest import WeightsDirInUse  # noqa: F401 (re-exported: callers catch it)
 from build_scripts.synthetic.presets import PRESETS, Preset, get_preset
 from python_backends.file_io import log_stage
 from python_backends.settings import CENTROIDS_FILE, PARAFORMER_DIR, SPEECH_TOKENIZER_FILE
@@ -184,19 +183,7 @@ def build(preset: str, out: Path, seed: int = 0, force: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", choices=sorted(PRESETS), required=True)
-    ap.add_argument("--out", type=Path, required=True, help="weights directory to write")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--force", action="store_true", help="rebuild even if complete; overwrite foreign files")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s", stream=sys.stderr)
-    try:
-        build(args.preset, args.out, args.seed, args.force)
-    except WeightsDirInUse as e:
-        LOG.error("%s", e)
-        return 2
-    return 0
+    return mf.main(argv, __doc__.split("\n\n")[0], PRESETS, build, LOG)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import time
 
@@ -68,6 +69,20 @@ def clone_file(args) -> str:
     return "\n".join(lines)
 
 
+def _call(path: str, action: Callable):
+    """(0, action()) for an existing input file, or (exit code, None) after printing why not."""
+    if not Path(path).is_file():
+        print(f"client: error: {path}: no such file", file=sys.stderr)
+        return 2, None
+    try:
+        return 0, action()
+    except TokenizerError as exc:
+        print(f"client: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # unreadable file, server down, ...
+        print(f"client: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return 1, None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m client", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,29 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "clone":
-        if not Path(args.prompt_wav).is_file():
-            print(f"client: error: {args.prompt_wav}: no such file", file=sys.stderr)
-            return 2
-        try:
-            print(clone_file(args), file=sys.stderr)
-        except TokenizerError as exc:
-            print(f"client: error: {exc}", file=sys.stderr)
-            return 1
-        except Exception as exc:  # unreadable file, server down, ...
-            print(f"client: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return 1
-        return 0
-    if not Path(args.file).is_file():
-        print(f"client: error: {args.file}: no such file", file=sys.stderr)
-        return 2
-    try:
-        result, table = tokenize_file(args.file, args.url, args.protocol, args.timing)
-    except TokenizerError as exc:
-        print(f"client: error: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # unreadable file, server down, ...
-        print(f"client: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        code, report = _call(args.prompt_wav, lambda: clone_file(args))
+        if code == 0:
+            print(report, file=sys.stderr)
+        return code
+    code, answer = _call(args.file, lambda: tokenize_file(args.file, args.url, args.protocol,
+                                                           args.timing))
+    if code:
+        return code
+    result, table = answer
     text = json.dumps(result, ensure_ascii=False)
     if args.json:
         Path(args.json).write_text(text + "\n", encoding="utf-8")

@@ -21,7 +21,7 @@ class CloneModel:
     def initialize(self, args):
         self.settings = load_editx_settings(args)
         self.cache = PromptCache(self.settings.prompt_cache_entries)
-        self.pipeline = ClonePipeline(self.settings, self.cache)
+        self.pipeline = ClonePipeline(self.cache)
         self.responder = ThreadedResponder(max_workers=max(4, 2 * self.settings.max_active_sequences),
                                            name=args["model_name"])
         pb = triton_io.pb()

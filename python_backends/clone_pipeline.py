@@ -27,7 +27,7 @@ from .engine_client import EngineClient
 from .errors import InvalidInput, RequestCancelled
 from .triton_editx_io import read_text
 from .prompt_cache import PromptCache, PromptFeatures, prompt_key
-from .settings import DECODER, EditxSettings
+from .settings import DECODER
 
 LOG = logging.getLogger("clone")
 
@@ -77,19 +77,14 @@ def _text(value: str | bytes) -> np.ndarray:
 
 
 class ClonePipeline:
-    def __init__(self, settings: EditxSettings, cache: PromptCache,
-                 client: Callable[[str], EngineClient] = EngineClient):
-        self.settings = settings
+    def __init__(self, cache: PromptCache, client: Callable[[str], EngineClient] = EngineClient):
         self.cache = cache
         self.models = {name: client(name) for name in
                        ("prompt_encoder", "prompt_builder", "llm_stream", "token2wav")}
 
-    def _call(self, model: str, inputs: dict, outputs: list[str]) -> dict:
-        return self.models[model].infer(inputs, outputs)
-
     def prompt_features(self, req: CloneRequest) -> tuple[PromptFeatures, bool]:
         def encode() -> PromptFeatures:
-            out = self._call("prompt_encoder", {
+            out = self.models["prompt_encoder"].infer({
                 "waveform": _batched(req.waveform), "sample_rate": _batched(np.int32(req.sample_rate)),
                 "channels": _batched(np.int32(req.channels))},
                 ["merged_ids", "token_str", "prompt_mel", "speaker_embedding"])
@@ -100,7 +95,7 @@ class ClonePipeline:
         return self.cache.get_or_compute(prompt_key(req.waveform, req.sample_rate, req.channels), encode)
 
     def llm_ids(self, req: CloneRequest, features: PromptFeatures) -> np.ndarray:
-        out = self._call("prompt_builder", {
+        out = self.models["prompt_builder"].infer({
             "prompt_text": _text(req.prompt_text), "target_text": _text(req.target_text),
             "token_str": _text(features.token_str),
             "waveform": _batched(req.waveform), "channels": _batched(np.int32(req.channels))},
@@ -121,7 +116,7 @@ class ClonePipeline:
         if generated.size == 0:
             raise InvalidInput("target_text", "made the LLM stop before any audio token",
                                "a text the voice can speak")
-        out = self._call("token2wav", {
+        out = self.models["token2wav"].infer({
             "target_ids": _batched(generated.astype(np.int32)),
             "prompt_ids": _batched(features.merged_ids.astype(np.int32)),
             "prompt_mel": _batched(features.prompt_mel.astype(np.float32)),

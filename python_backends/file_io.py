@@ -25,3 +25,13 @@ def log_stage(log: logging.Logger, name: str, **fields):
     yield extra
     items = " ".join(f"{k}={v}" for k, v in {**fields, **extra}.items())
     log.info("stage=%s seconds=%.2f%s", name, time.perf_counter() - t0, f" {items}" if items else "")
+
+
+def combined_sha256(per_file: dict[str, str]) -> str:
+    """One digest over several files' sha256, by name (order-independent)."""
+    return hashlib.sha256("".join(f"{n}:{h}\n" for n, h in sorted(per_file.items())).encode()).hexdigest()
+
+
+def onnx_sidecar_path(onnx_path: str | Path) -> Path:
+    """The .json beside an exported .onnx (export facts, weights digest, check results)."""
+    return Path(onnx_path).with_suffix(".json")

@@ -49,13 +49,34 @@ class Algorithm:
 
 ALGORITHM = Algorithm()
 
+
+class DeploymentSettings:
+    """What both settings dataclasses share: their JSON form (the model configs carry it) and
+    the process's torch threads."""
+
+    num_threads: int
+
+    def apply_threads(self) -> None:
+        """torch's intra-op threads for this process (onnxruntime sessions take num_threads)."""
+        if self.num_threads:
+            import torch
+
+            torch.set_num_threads(self.num_threads)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls(**json.loads(text))
+
 PARAFORMER_DIR = "dengcunqin/speech_paraformer-large_asr_nat-zh-cantonese-en-16k-vocab8501-online"
 CENTROIDS_FILE = "linguistic_tokenizer.npy"
 SPEECH_TOKENIZER_FILE = "speech_tokenizer_v1.onnx"
 
 
 @dataclasses.dataclass(frozen=True)
-class TokenizerSettings:
+class TokenizerSettings(DeploymentSettings):
     """Deployment settings shared by the tokenizer models, the reference and the benchmarks."""
 
     weights_dir: str
@@ -87,19 +108,6 @@ class TokenizerSettings:
     def speech_tokenizer_path(self) -> Path:
         return Path(self.weights_dir) / SPEECH_TOKENIZER_FILE
 
-    def apply_threads(self) -> None:
-        """torch's intra-op threads for this process (onnxruntime sessions take num_threads)."""
-        if self.num_threads:
-            import torch
-
-            torch.set_num_threads(self.num_threads)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "TokenizerSettings":
-        return cls(**json.loads(text))
 
 
 # ------------------------------------------------------------------ Step-Audio-EditX (LLM + decoder)
@@ -151,7 +159,7 @@ DECODER = DecoderAlgorithm()
 
 
 @dataclasses.dataclass(frozen=True)
-class EditxSettings:
+class EditxSettings(DeploymentSettings):
     """Deployment settings of the LLM and decoder models (a Step-Audio-EditX weights directory:
     config.json, model-*.safetensors, tokenizer.model, CosyVoice-300M-25Hz/)."""
 
@@ -196,16 +204,3 @@ class EditxSettings:
     @property
     def text_tokenizer_path(self) -> Path:
         return Path(self.editx_dir) / TEXT_TOKENIZER_FILE
-
-    def apply_threads(self) -> None:
-        if self.num_threads:
-            import torch
-
-            torch.set_num_threads(self.num_threads)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "EditxSettings":
-        return cls(**json.loads(text))

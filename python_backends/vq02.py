@@ -6,7 +6,6 @@ Both take the same window plan, built here in numpy, and give the same codes.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 
 from .chunk_encoder import GRAPH_INPUTS, ChunkedEncoderQuantizer, PositionTable, graph_inputs
 from .fbank_frontend import ParaformerFrontend
-from .file_io import sha256_file
+from .file_io import combined_sha256, onnx_sidecar_path, sha256_file
 from .paraformer_weights import load_paraformer
 from .settings import ALGORITHM as A
 from .settings import TokenizerSettings
@@ -41,17 +40,12 @@ def weight_files(paraformer_dir: str | Path, centroids_path: str | Path) -> dict
 def weights_digest(paraformer_dir: str | Path, centroids_path: str | Path) -> tuple[str, dict[str, str]]:
     """(combined sha256, {file name: sha256}) of the vq02 source weights."""
     per_file = {name: sha256_file(path) for name, path in weight_files(paraformer_dir, centroids_path).items()}
-    combined = hashlib.sha256("".join(f"{n}:{h}\n" for n, h in sorted(per_file.items())).encode())
-    return combined.hexdigest(), per_file
+    return combined_sha256(per_file), per_file
 
 
 def default_onnx_path(digest: str) -> Path:
     """Where the export writes the graph for weights with combined sha256 `digest`."""
     return ENGINE_DIR / f"vq02_encoder.{digest[:12]}.onnx"
-
-
-def metadata_path(onnx_path: str | Path) -> Path:
-    return Path(onnx_path).with_suffix(".json")
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -131,7 +125,7 @@ class Vq02Tokenizer:
                 f"vq02 ONNX encoder {path} does not exist; export it with "
                 f"`python -m build_scripts.export_vq02_onnx --weights <weights dir> --out {path}`")
         try:
-            meta = json.loads(metadata_path(path).read_text(encoding="utf-8"))
+            meta = json.loads(onnx_sidecar_path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             LOG.warning("%s has no metadata sidecar; cannot check it was exported from %s",
                         path, paraformer_dir)

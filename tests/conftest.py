@@ -20,6 +20,18 @@ TEST_MAX_TEXT_CHARS = 200
 
 # ------------------------------------------------------------------ weights, repository, server
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """torch on one thread for a module's tests (the machine's two cores are shared), restored
+    afterwards. Use with `pytestmark = pytest.mark.usefixtures("torch_one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_weights() -> Path:
     from build_scripts.make_synthetic_weights import build

@@ -22,12 +22,7 @@ from python_backends.decoder.reference_flow import reference_flow
 SEED = 7
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def write_tiny_dir(path):

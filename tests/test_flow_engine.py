@@ -31,12 +31,7 @@ from python_backends.settings import COSYVOICE_DIR, EditxSettings
 from python_backends.token_merge import merge_tokens
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,8 @@ from python_backends.onnx_runtime import onnx_session
 from python_backends.reference.vq02 import ReferenceVq02
 from python_backends.resample import resample
 from python_backends.settings import CENTROIDS_FILE, PARAFORMER_DIR, TokenizerSettings
-from python_backends.vq02 import Vq02Tokenizer, default_onnx_path, metadata_path, weights_digest
+from python_backends.file_io import onnx_sidecar_path as metadata_path
+from python_backends.vq02 import Vq02Tokenizer, default_onnx_path, weights_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,12 +3,15 @@ written last (so a half-written directory is never taken as complete), a lock pe
 and the refusal to overwrite files we did not write (maybe real weights)."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import hashlib
 import json
+import logging
+import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from build_scripts.synthetic.files import write_bytes_atomic
 from python_backends.file_io import sha256_file
@@ -81,3 +84,22 @@ def locked(out: Path):
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def main(argv: list[str] | None, description: str, presets: Iterable[str], build: Callable,
+         log: logging.Logger) -> int:
+    """The generators' command line: `--preset P --out DIR [--seed N] [--force]`; exit 2 when
+    DIR holds files we did not write."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--preset", choices=sorted(presets), required=True)
+    ap.add_argument("--out", type=Path, required=True, help="weights directory to write")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--force", action="store_true", help="rebuild even if complete; overwrite foreign files")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s", stream=sys.stderr)
+    try:
+        build(args.preset, args.out, args.seed, args.force)
+    except WeightsDirInUse as exc:
+        log.error("%s", exc)
+        return 2
+    return 0

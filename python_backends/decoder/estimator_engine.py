@@ -13,7 +13,6 @@ A graph is served only with its JSON sidecar, and only when the sidecar names th
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from ..engine_profiles import FLOW_INPUTS
-from ..file_io import sha256_file
+from ..file_io import combined_sha256, onnx_sidecar_path, sha256_file
 from ..onnx_runtime import onnx_session
 from ..settings import EditxSettings
 from .flow import COSYVOICE_YAML_FILE, FLOW_FILE
@@ -38,16 +37,11 @@ def weights_digest(cosyvoice_dir: str | Path) -> tuple[str, dict[str, str]]:
     """(combined sha256, {file name: sha256}) of the files the estimator graph is made from."""
     root = Path(cosyvoice_dir)
     per_file = {name: sha256_file(root / name) for name in (COSYVOICE_YAML_FILE, FLOW_FILE)}
-    combined = hashlib.sha256("".join(f"{n}:{h}\n" for n, h in sorted(per_file.items())).encode())
-    return combined.hexdigest(), per_file
+    return combined_sha256(per_file), per_file
 
 
 def default_onnx_path(digest: str) -> Path:
     return ENGINE_DIR / f"flow_estimator.{digest[:12]}.onnx"
-
-
-def metadata_path(onnx_path: str | Path) -> Path:
-    return Path(onnx_path).with_suffix(".json")
 
 
 def checked_onnx_path(cosyvoice_dir: str | Path, onnx_path: str | Path | None) -> Path:
@@ -61,9 +55,9 @@ def checked_onnx_path(cosyvoice_dir: str | Path, onnx_path: str | Path | None) -
     if not path.is_file():
         raise FileNotFoundError(f"flow estimator ONNX {path} does not exist; export it with `{hint}`")
     try:
-        meta = json.loads(metadata_path(path).read_text(encoding="utf-8"))
+        meta = json.loads(onnx_sidecar_path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: its sidecar {metadata_path(path)} is missing or unreadable "
+        raise ValueError(f"{path}: its sidecar {onnx_sidecar_path(path)} is missing or unreadable "
                          f"({exc}); re-export with `{hint}`") from None
     recorded = str(meta.get("weights", {}).get("sha256"))
     problems = []
