@@ -36,7 +36,7 @@ token_merge, prompt_builder and the BLS entry points stay on the CPU), and with
   defaults to the weights' speech_tokenizer_v1.onnx; profile shapes as for TensorRT.
 
 The engine's I/O is read from the plan's metadata or the ONNX file; the Python models name
-their engine in an `engine_model` parameter and call it by BLS (python_backends/engine_client.py).
+their engine in an `engine_model` parameter and call it by BLS (python_backends/serving/engine_client.py).
 """
 from __future__ import annotations
 
@@ -50,8 +50,8 @@ from pathlib import Path
 from typing import Callable
 
 from build_scripts import placement as pl
-from python_backends import engine_metadata as em
-from python_backends import engine_profiles as ep
+from python_backends.engines import metadata as em
+from python_backends.engines import profiles as ep
 from python_backends.settings import (CENTROIDS_FILE, COSYVOICE_DIR, LLM_CONFIG_FILE, PARAFORMER_DIR,
                                       SPEECH_TOKENIZER_FILE, TEXT_TOKENIZER_FILE, EditxSettings,
                                       TokenizerSettings)

@@ -11,7 +11,7 @@ explicit profiles and a metadata sidecar.
 FILE is the vq02 encoder ONNX (build_scripts/export_vq02_onnx.py), `speech_tokenizer_v1.onnx`
 or the flow estimator ONNX (build_scripts/export_flow_onnx.py); the kind is told by the input
 names. One optimization profile covers every call the Python models can make with Triton
-`max_batch_size` N and audio up to the given length (python_backends/engine_profiles.py):
+`max_batch_size` N and audio up to the given length (python_backends/engines/profiles.py):
 vq02 frames/windows/rows up to N × one utterance's, vq06 pieces up to N × ceil(seconds / 30)
 and T up to 3000; opt is a batch of --opt-batch-size utterances of --opt-audio-seconds. For
 the flow estimator the batch is 2 (guidance) to 2N, opt 2 × (N / 2), and the seconds are the
@@ -42,11 +42,11 @@ import sys
 import time
 from pathlib import Path
 
-from python_backends.engine_metadata import (Environment, PlanMetadata, atomic_write, check_plan,
+from python_backends.engines.metadata import (Environment, PlanMetadata, atomic_write, check_plan,
                                              metadata_path, onnx_signature, probe_environment,
                                              read_metadata, write_metadata)
 from python_backends.file_io import sha256_file
-from python_backends.engine_profiles import (DEFAULT_OPT_SECONDS, FLOW, KINDS, VQ02, Limits,
+from python_backends.engines.profiles import (DEFAULT_OPT_SECONDS, FLOW, KINDS, VQ02, Limits,
                                              Profile, ProfileError, Tensor, derive_limits,
                                              detect_kind, input_profiles, parse_limit)
 from python_backends.settings import LLM

@@ -34,8 +34,8 @@ from python_backends.decoder.cosyvoice_yaml import load_cosyvoice_yaml
 from python_backends.decoder.flow import (COSYVOICE_YAML_FILE, FLOW_FILE, flow_config_from_yaml,
                                           load_state_strict)
 from python_backends.decoder.flow_dit import DiT
-from python_backends.engine_metadata import onnx_signature
-from python_backends.engine_profiles import FLOW_INPUTS
+from python_backends.engines.metadata import onnx_signature
+from python_backends.engines.profiles import FLOW_INPUTS
 from python_backends.file_io import log_stage, sha256_file
 from python_backends.onnx_runtime import onnx_session
 

@@ -26,16 +26,16 @@ import torch
 
 from build_scripts import onnx_export
 from python_backends.file_io import log_stage, sha256_file
-from python_backends.chunk_encoder import GRAPH_INPUTS, GRAPH_OUTPUTS, ChunkedEncoderQuantizer
+from python_backends.tokenizer.chunk_encoder import GRAPH_INPUTS, GRAPH_OUTPUTS, ChunkedEncoderQuantizer
 from python_backends.settings import ALGORITHM as A
 from python_backends.settings import CENTROIDS_FILE, PARAFORMER_DIR
-from python_backends.vq02 import default_onnx_path, weights_digest
+from python_backends.tokenizer.vq02 import default_onnx_path, weights_digest
 
 LOG = logging.getLogger("export_vq02_onnx")
 FORMAT = 1
 DEFAULT_OPSET = 17
 # code whose changes change the exported graph: metadata written by other code is stale
-CODE_SOURCES = ("python_backends/chunk_encoder.py", "build_scripts/export_vq02_onnx.py")
+CODE_SOURCES = ("python_backends/tokenizer/chunk_encoder.py", "build_scripts/export_vq02_onnx.py")
 AXES = {"feats": {0: "frames"}, "pos_enc": {0: "frames"}, "window_src": {0: "windows"},
         "window_valid": {0: "windows"}, "window_prev": {0: "windows"}, "key_mask": {0: "windows"},
         "out_rows": {0: "rows"}, "codes": {0: "rows"}, "enc": {0: "rows"}}
@@ -64,7 +64,7 @@ def is_up_to_date(onnx_path: Path, digest: str, opset: int) -> bool:
 
 
 def load_model(weights: Path) -> tuple[ChunkedEncoderQuantizer, object]:
-    from python_backends.paraformer_weights import load_paraformer
+    from python_backends.tokenizer.paraformer_weights import load_paraformer
 
     w = load_paraformer(weights / PARAFORMER_DIR)
     model = ChunkedEncoderQuantizer(w.encoder_conf, A.n_mels * A.lfr_m, np.load(weights / CENTROIDS_FILE))
@@ -74,12 +74,12 @@ def load_model(weights: Path) -> tuple[ChunkedEncoderQuantizer, object]:
 
 def check_features(w) -> tuple[list[tuple[str, list[np.ndarray]]], str]:
     """Check cases as (name, [feats per utterance]): espeak-ng speech, or noise without espeak-ng."""
-    from python_backends.fbank_frontend import ParaformerFrontend
+    from python_backends.tokenizer.fbank_frontend import ParaformerFrontend
 
     frontend = ParaformerFrontend(w.cmvn_shift, w.cmvn_scale, 0.0, w.frontend_conf.get("window", "hamming"))
     try:
         from build_scripts.espeak_clips import EspeakNotFound, speech_of_duration
-        from python_backends.resample import resample
+        from python_backends.tokenizer.resample import resample
 
         def utterance(seconds: float, seed: int) -> np.ndarray:
             audio, rate = speech_of_duration(seconds, seed=seed)

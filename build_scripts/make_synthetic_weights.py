@@ -47,8 +47,8 @@ FINGERPRINT_SOURCES = ("build_scripts/make_synthetic_weights.py", "build_scripts
                        "build_scripts/synthetic/speech_tokenizer_onnx.py",
                        "build_scripts/synthetic/codebooks.py", "build_scripts/synthetic/presets.py",
                        "build_scripts/synthetic/random_init.py", "python_backends/settings.py",
-                       "python_backends/paraformer_weights.py", "python_backends/fbank_frontend.py",
-                       "python_backends/chunk_encoder.py")
+                       "python_backends/tokenizer/paraformer_weights.py", "python_backends/tokenizer/fbank_frontend.py",
+                       "python_backends/tokenizer/chunk_encoder.py")
 PARAFORMER_FILES = ("config.yaml", "model.pt", "am.mvn", "tokens.json", "configuration.json")
 FILES = tuple(f"{PARAFORMER_DIR}/{n}" for n in PARAFORMER_FILES) + (CENTROIDS_FILE, SPEECH_TOKENIZER_FILE)
 FIT_RATE = 16000
@@ -96,7 +96,7 @@ def fitting_speech(preset: Preset) -> list[np.ndarray]:
 
 
 def fbank_statistics(clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    from python_backends.fbank_frontend import ParaformerFrontend
+    from python_backends.tokenizer.fbank_frontend import ParaformerFrontend
 
     n = paraformer_dir.N_MELS * paraformer_dir.LFR_M
     fe = ParaformerFrontend(np.zeros(n, np.float32), np.ones(n, np.float32), dither=0.0)
@@ -105,9 +105,9 @@ def fbank_statistics(clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_vq02_centroids(model_dir: Path, clips: list[np.ndarray], preset: Preset, seed: int):
-    from python_backends.chunk_encoder import ChunkedEncoderQuantizer
-    from python_backends.fbank_frontend import ParaformerFrontend
-    from python_backends.paraformer_weights import load_paraformer
+    from python_backends.tokenizer.chunk_encoder import ChunkedEncoderQuantizer
+    from python_backends.tokenizer.fbank_frontend import ParaformerFrontend
+    from python_backends.tokenizer.paraformer_weights import load_paraformer
 
     w = load_paraformer(model_dir)
     fe = ParaformerFrontend(w.cmvn_shift, w.cmvn_scale, w.dither)

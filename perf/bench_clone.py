@@ -45,7 +45,7 @@ from build_scripts.make_synthetic_weights import build as build_tokenizer_weight
 from perf.bench_llm import DTYPES, machine_name, sync
 from python_backends.decoder.hift import reference_hift
 from python_backends.decoder.prompt_mel import PromptMel, prompt_mel_reference, round_bf16
-from python_backends.decoder.reference_flow import reference_flow
+from python_backends.decoder.reference import reference_flow
 from python_backends.decoder.speaker_embedding import SpeakerEmbedder
 from python_backends.decoder.token2wav import Token2Wav
 from python_backends.decoder.token_reshape import reshape_token_ids
@@ -56,9 +56,9 @@ from python_backends.llm.reference import reference_generate, reference_weights
 from python_backends.llm.sampling import SamplingParams
 from python_backends.llm.step1_model import Step1Model, load_step1
 from python_backends.llm.text_tokenizer import TextTokenizer
-from python_backends.pipeline import FastTokenizer
-from python_backends.prompt_audio import prompt_audio
-from python_backends.reference import ReferenceTokenizer
+from python_backends.tokenizer.pipeline import FastTokenizer
+from python_backends.decoder.prompt_audio import prompt_audio
+from python_backends.tokenizer.reference import ReferenceTokenizer
 from python_backends.settings import DECODER, EditxSettings, TokenizerSettings
 
 TARGET_TEXT = "Triton serves this cloned voice, one request after another."

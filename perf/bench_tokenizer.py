@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from build_scripts.espeak_clips import speech_of_duration
 from build_scripts.make_synthetic_weights import build
-from python_backends.pipeline import FastTokenizer
-from python_backends.reference import ReferenceTokenizer
+from python_backends.tokenizer.pipeline import FastTokenizer
+from python_backends.tokenizer.reference import ReferenceTokenizer
 from python_backends.settings import TokenizerSettings
 
 
@@ -45,7 +45,7 @@ def via_triton(settings: TokenizerSettings, audio, rate, repeats: int, workdir: 
     from build_scripts.build_repository import build as build_repository
     from build_scripts.serve import TritonServer
     from client.tokenizer_client import AudioTokenizerClient
-    from python_backends.pipeline import AudioTokens
+    from python_backends.tokenizer.pipeline import AudioTokens
 
     repo = build_repository(settings.weights_dir, workdir / "bench_repository")
     with TritonServer(repo) as server, AudioTokenizerClient(server.grpc_url, protocol="grpc") as client:

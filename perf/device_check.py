@@ -60,9 +60,9 @@ def prepare(data: Path) -> None:
     from build_scripts.espeak_clips import speech_of_duration
     from build_scripts.make_synthetic_editx import build as build_editx
     from build_scripts.make_synthetic_weights import build as build_weights
-    from python_backends.preprocess import preprocess
+    from python_backends.tokenizer.preprocess import preprocess
     from python_backends.settings import TokenizerSettings
-    from python_backends.vq02 import Vq02Tokenizer
+    from python_backends.tokenizer.vq02 import Vq02Tokenizer
 
     data.mkdir(parents=True, exist_ok=True)
     for name, build in (("tiny", build_weights), ("tiny-editx", build_editx)):
@@ -82,7 +82,7 @@ def prepare(data: Path) -> None:
 
 def check_vq02(data: Path) -> None:
     from python_backends.settings import TokenizerSettings
-    from python_backends.vq02 import Vq02Tokenizer
+    from python_backends.tokenizer.vq02 import Vq02Tokenizer
 
     clips = list(np.load(data / "clips_16k.npz").values())
     expected = json.loads((data / "expected.json").read_text())["vq02"]
@@ -151,7 +151,7 @@ def check_token2wav(data: Path) -> None:
 def time_vq02_core() -> None:
     from build_scripts.synthetic.paraformer_dir import build_config
     from build_scripts.synthetic.presets import PRESETS
-    from python_backends.chunk_encoder import ChunkedEncoderQuantizer
+    from python_backends.tokenizer.chunk_encoder import ChunkedEncoderQuantizer
 
     conf = build_config(PRESETS["full"].paraformer)["encoder_conf"]
     torch.manual_seed(0)

@@ -3,7 +3,7 @@
 - `audio_tokenizer`, `preprocess`: espeak-ng speech as a client sends it (`waveform` float32 at
   22.05 kHz, `sample_rate`, and `channels` unless `send_channels=False`).
 - `vq02`, `vq06`: the 16 kHz, normalised, trimmed `audio_16k` that `preprocess` makes of that
-  speech (`python_backends.preprocess.preprocess` with default `TokenizerSettings` limits).
+  speech (`python_backends.tokenizer.preprocess.preprocess` with default `TokenizerSettings` limits).
 - `token_merge`: the real `vq02_codes` / `vq06_codes` of that speech, from a `codes` callable
   (the sweep asks the server's ensemble, so the codes match the served weights).
 
@@ -75,7 +75,7 @@ def speech_clips(seconds: float, count: int = 1, seed: int = CLIP_SEED_BASE) -> 
 
 def preprocessed(clip: Clip, settings=None) -> np.ndarray:
     """The `audio_16k` the `preprocess` model makes of `clip`."""
-    from python_backends.preprocess import preprocess
+    from python_backends.tokenizer.preprocess import preprocess
     from python_backends.settings import TokenizerSettings
 
     settings = settings or TokenizerSettings(weights_dir="")

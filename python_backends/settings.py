@@ -190,7 +190,7 @@ class EditxSettings(DeploymentSettings):
 
     @property
     def max_audio_seconds(self) -> float:
-        """The name python_backends.preprocess.validate reads."""
+        """The name python_backends.tokenizer.preprocess.validate reads."""
         return self.max_prompt_seconds
 
     @property

@@ -105,7 +105,7 @@ def http_client(triton_server):
 @pytest.fixture(scope="session")
 def reference(server_settings):
     """The oracle, with exactly the settings the server's models were built with."""
-    from python_backends.reference import ReferenceTokenizer
+    from python_backends.tokenizer.reference import ReferenceTokenizer
 
     return ReferenceTokenizer(server_settings)
 

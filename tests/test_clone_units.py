@@ -13,8 +13,8 @@ from tritonclient.grpc import model_config_pb2
 from build_scripts import placement as pl
 from build_scripts.build_repository import BuildError, RepositoryOptions, build
 from python_backends.errors import InvalidInput
-from python_backends.prompt_audio import prompt_audio
-from python_backends.prompt_cache import PromptCache, PromptFeatures, prompt_key
+from python_backends.decoder.prompt_audio import prompt_audio
+from python_backends.serving.prompt_cache import PromptCache, PromptFeatures, prompt_key
 from python_backends.settings import EditxSettings
 
 

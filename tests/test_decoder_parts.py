@@ -18,9 +18,9 @@ from python_backends.decoder.speaker_embedding import SpeakerEmbedder, speaker_f
 from python_backends.decoder.token_reshape import (codes_from_token_ids, reshape_mixed_codes,
                                                    reshape_token_ids)
 from python_backends.errors import InvalidInput
-from python_backends.fbank_torch import TorchFbank
-from python_backends.resample import resample
-from python_backends.token_merge import merge_tokens
+from python_backends.tokenizer.fbank_torch import TorchFbank
+from python_backends.tokenizer.resample import resample
+from python_backends.tokenizer.token_merge import merge_tokens
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

@@ -17,7 +17,7 @@ from python_backends.decoder.cosyvoice_yaml import (CosyVoiceYamlError, Ref, loa
                                                     loads_cosyvoice_yaml, write_cosyvoice_yaml)
 from python_backends.decoder.flow import (CausalMaskedDiffWithXvec, flow_config_from_yaml,
                                           flow_inference, load_flow)
-from python_backends.decoder.reference_flow import reference_flow
+from python_backends.decoder.reference import reference_flow
 
 SEED = 7
 

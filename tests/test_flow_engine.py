@@ -17,8 +17,8 @@ from test_tensorrt_build import H100, ROOT, built, fake_tensorrt
 
 from build_scripts import build_tensorrt as bt
 from build_scripts import export_flow_onnx as ex
-from python_backends import engine_metadata as em
-from python_backends import engine_profiles as ep
+from python_backends.engines import metadata as em
+from python_backends.engines import profiles as ep
 from python_backends.decoder.estimator_engine import (EngineEstimator, OnnxEstimator,
                                                       checked_onnx_path, estimator_from_settings,
                                                       weights_digest)
@@ -28,7 +28,7 @@ from python_backends.decoder.token2wav import Token2Wav
 from python_backends.decoder.token_reshape import reshape_token_ids
 from python_backends.file_io import sha256_file
 from python_backends.settings import COSYVOICE_DIR, EditxSettings
-from python_backends.token_merge import merge_tokens
+from python_backends.tokenizer.token_merge import merge_tokens
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

@@ -17,9 +17,9 @@ from tritonclient.grpc import model_config_pb2
 
 from build_scripts import build_repository as br
 from build_scripts import build_tensorrt as bt
-from python_backends import engine_client
-from python_backends import engine_metadata as em
-from python_backends import engine_profiles as ep
+from python_backends.serving import engine_client
+from python_backends.engines import metadata as em
+from python_backends.engines import profiles as ep
 from test_tensorrt_build import H100, fake_tensorrt, write_vq02_like_onnx
 
 KIND_GPU = model_config_pb2.ModelInstanceGroup.KIND_GPU

@@ -61,7 +61,7 @@ def test_optional_channels_can_be_left_out(clips):
 
 @pytest.mark.parametrize("model", ["vq02", "vq06"])
 def test_member_audio_is_the_preprocessed_16k_signal(clips, model):
-    from python_backends.preprocess import preprocess
+    from python_backends.tokenizer.preprocess import preprocess
     from python_backends.settings import TokenizerSettings
 
     doc = pi.input_data(model, clips)

@@ -25,7 +25,7 @@ from python_backends.errors import InvalidInput
 from python_backends.llm import prompt_builder as pb
 from python_backends.llm.text_tokenizer import TextTokenizer
 from python_backends.settings import EditxSettings
-from python_backends.triton_editx_io import load_editx_settings
+from python_backends.serving.model_config import load_editx_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BOS, EOT, BOT = 1, 3, 4

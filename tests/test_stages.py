@@ -1,4 +1,4 @@
-"""Each fast stage equals the original algorithm (python_backends.reference) on tiny weights.
+"""Each fast stage equals the original algorithm (python_backends.tokenizer.reference) on tiny weights.
 No server involved."""
 from __future__ import annotations
 
@@ -11,17 +11,17 @@ import torch
 from build_scripts.espeak_clips import speech_of_duration
 from build_scripts.make_synthetic_weights import build
 from python_backends.errors import InvalidInput
-from python_backends.fbank_frontend import stream_frame_count
-from python_backends.pipeline import FastTokenizer
-from python_backends.preprocess import preprocess
-from python_backends.reference import ReferenceTokenizer
-from python_backends.reference.merge import reference_merge
-from python_backends.reference.preprocess import reference_preprocess
-from python_backends.reference.vq06 import _whisper_log_mel
-from python_backends.resample import resample
+from python_backends.tokenizer.fbank_frontend import stream_frame_count
+from python_backends.tokenizer.pipeline import FastTokenizer
+from python_backends.tokenizer.preprocess import preprocess
+from python_backends.tokenizer.reference import ReferenceTokenizer
+from python_backends.tokenizer.reference.merge import reference_merge
+from python_backends.tokenizer.reference.preprocess import reference_preprocess
+from python_backends.tokenizer.reference.vq06 import _whisper_log_mel
+from python_backends.tokenizer.resample import resample
 from python_backends.settings import TokenizerSettings
-from python_backends.token_merge import merge_tokens
-from python_backends.whisper_mel import log_mel
+from python_backends.tokenizer.token_merge import merge_tokens
+from python_backends.tokenizer.whisper_mel import log_mel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,7 +170,7 @@ def test_vq06_engine_client_gets_the_padded_batch(settings, fast):
     """With an engine client (GPU repositories: BLS to the engine model) the same padded batch
     goes to the engine model instead of the in-process session."""
     from python_backends.onnx_runtime import onnx_session
-    from python_backends.vq06 import Vq06Tokenizer
+    from python_backends.tokenizer.vq06 import Vq06Tokenizer
 
     session = onnx_session(str(settings.speech_tokenizer_path))
     calls = []
@@ -192,7 +192,7 @@ def test_vq02_bf16_precision_mostly_agrees(settings, fast):
     """bf16 autocast is a speed knob, not a faithful mode: codes keep their shape and mostly agree."""
     import dataclasses
 
-    from python_backends.vq02 import Vq02Tokenizer
+    from python_backends.tokenizer.vq02 import Vq02Tokenizer
 
     audios = [clip16k(s, seed=30 + i) for i, s in enumerate([2.0, 6.5])]
     bf16 = Vq02Tokenizer.from_settings(dataclasses.replace(settings, vq02_precision="bf16"))

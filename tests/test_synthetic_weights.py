@@ -101,8 +101,8 @@ def test_funasr_automodel_loads_every_tensor(tiny):
 
 
 def test_am_mvn_normalises_speech_features(tiny):
-    from python_backends.fbank_frontend import ParaformerFrontend
-    from python_backends.paraformer_weights import load_paraformer
+    from python_backends.tokenizer.fbank_frontend import ParaformerFrontend
+    from python_backends.tokenizer.paraformer_weights import load_paraformer
 
     w = load_paraformer(tiny / PARAFORMER_DIR)
     assert np.array_equal(w.cmvn_shift[:80], w.cmvn_shift[80:160])  # 80-bin stats tiled ×7
@@ -163,9 +163,9 @@ def test_padded_batch_equals_one_by_one(session):
 
 
 def test_codes_are_varied_on_held_out_speech(tiny, session):
-    from python_backends.chunk_encoder import ChunkedEncoderQuantizer
-    from python_backends.fbank_frontend import ParaformerFrontend
-    from python_backends.paraformer_weights import load_paraformer
+    from python_backends.tokenizer.chunk_encoder import ChunkedEncoderQuantizer
+    from python_backends.tokenizer.fbank_frontend import ParaformerFrontend
+    from python_backends.tokenizer.paraformer_weights import load_paraformer
 
     w = load_paraformer(tiny / PARAFORMER_DIR)
     fe = ParaformerFrontend(w.cmvn_shift, w.cmvn_scale, w.dither)

@@ -17,10 +17,10 @@ import pytest
 from onnx import TensorProto, helper
 
 from build_scripts import build_tensorrt as bt
-from python_backends import engine_metadata as em
-from python_backends import engine_profiles as ep
+from python_backends.engines import metadata as em
+from python_backends.engines import profiles as ep
 from python_backends.file_io import sha256_file
-from python_backends.fbank_frontend import stream_frame_count
+from python_backends.tokenizer.fbank_frontend import stream_frame_count
 
 ROOT = Path(__file__).resolve().parents[1]
 H100 = em.Environment("NVIDIA H100 80GB HBM3", "9.0", "10.8.0.43")
@@ -240,7 +240,7 @@ def test_profiles_of_the_vq02_encoder(vq02_onnx):
 
 
 def test_vq02_roles_match_the_exporter():
-    chunk_encoder = pytest.importorskip("python_backends.chunk_encoder")
+    chunk_encoder = pytest.importorskip("python_backends.tokenizer.chunk_encoder")
     graph_inputs = getattr(chunk_encoder, "GRAPH_INPUTS", None)
     if graph_inputs is None:
         pytest.skip("chunk_encoder has no GRAPH_INPUTS (the ONNX export interface) yet")

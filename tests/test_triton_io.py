@@ -1,4 +1,4 @@
-"""python_backends.triton_io without a server: a stand-in `triton_python_backend_utils`."""
+"""python_backends.serving (triton_io, model_config, tokenizer_models) without a server: a stand-in `triton_python_backend_utils`."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import types
 import numpy as np
 import pytest
 
-from python_backends import triton_io
+from python_backends.serving import model_config, tokenizer_models, triton_io
 from python_backends.errors import InvalidInput
 from python_backends.settings import TokenizerSettings
 
@@ -60,25 +60,25 @@ def _args(kind="CPU", device_id="0", parameters=None):
 
 
 def test_instance_device():
-    assert triton_io.instance_device(_args("CPU", "0")) == "cpu"
-    assert triton_io.instance_device(_args("GPU", "0")) == "cuda:0"
-    assert triton_io.instance_device(_args("GPU", "3")) == "cuda:3"
-    assert triton_io.instance_device({"model_config": "{}"}) == "cpu"
+    assert model_config.instance_device(_args("CPU", "0")) == "cpu"
+    assert model_config.instance_device(_args("GPU", "0")) == "cuda:0"
+    assert model_config.instance_device(_args("GPU", "3")) == "cuda:3"
+    assert model_config.instance_device({"model_config": "{}"}) == "cpu"
 
 
 def test_load_settings_takes_the_device_from_the_instance():
     settings = TokenizerSettings(weights_dir="/w", max_audio_seconds=40.0, num_threads=2)
     args = _args("GPU", "1", {"tokenizer_settings": settings.to_json()})
-    loaded = triton_io.load_settings(args)
+    loaded = model_config.load_settings(args)
     assert loaded == TokenizerSettings(weights_dir="/w", device="cuda:1", max_audio_seconds=40.0,
                                        num_threads=2)
-    assert triton_io.model_parameters(args) == {"tokenizer_settings": settings.to_json()}
+    assert model_config.model_parameters(args) == {"tokenizer_settings": settings.to_json()}
 
 
 def test_load_settings_without_parameter_says_how_to_fix():
     with pytest.raises(RuntimeError, match="lacks the 'tokenizer_settings' parameter; build the "
                                            "repository with build_scripts/build_repository.py"):
-        triton_io.load_settings(_args())
+        model_config.load_settings(_args())
 
 
 def test_read_utterance_and_scalar():
@@ -174,5 +174,5 @@ def test_respond_each_answers_each_request_alone():
 
 
 def test_warmup_audio_is_deterministic():
-    a, b = triton_io.warmup_audio(0.5, 22050), triton_io.warmup_audio(0.5, 22050)
+    a, b = tokenizer_models.warmup_audio(0.5, 22050), tokenizer_models.warmup_audio(0.5, 22050)
     assert a.dtype == np.float32 and a.shape == (11025,) and np.array_equal(a, b)

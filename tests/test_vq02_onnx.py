@@ -17,14 +17,14 @@ import torch
 from build_scripts import export_vq02_onnx as exporter
 from build_scripts.espeak_clips import speech_of_duration
 from build_scripts.make_synthetic_weights import build
-from python_backends.chunk_encoder import GRAPH_INPUTS, GRAPH_OUTPUTS, window_plan
+from python_backends.tokenizer.chunk_encoder import GRAPH_INPUTS, GRAPH_OUTPUTS, window_plan
 from python_backends.file_io import sha256_file
 from python_backends.onnx_runtime import onnx_session
-from python_backends.reference.vq02 import ReferenceVq02
-from python_backends.resample import resample
+from python_backends.tokenizer.reference.vq02 import ReferenceVq02
+from python_backends.tokenizer.resample import resample
 from python_backends.settings import CENTROIDS_FILE, PARAFORMER_DIR, TokenizerSettings
 from python_backends.file_io import onnx_sidecar_path as metadata_path
-from python_backends.vq02 import Vq02Tokenizer, default_onnx_path, weights_digest
+from python_backends.tokenizer.vq02 import Vq02Tokenizer, default_onnx_path, weights_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine_profiles import FLOW_INPUTS
+from ..engines.profiles import FLOW_INPUTS
 from ..file_io import combined_sha256, onnx_sidecar_path, sha256_file
 from ..onnx_runtime import onnx_session
 from ..settings import EditxSettings
@@ -100,7 +100,7 @@ class OnnxEstimator(nn.Module):
 
 class EngineEstimator(nn.Module):
     """A parameterless stand-in for `DiT` whose forward is a call to the `flow_estimator` engine
-    model through `client` (python_backends.engine_client.EngineClient)."""
+    model through `client` (python_backends.serving.engine_client.EngineClient)."""
 
     def __init__(self, client):
         super().__init__()

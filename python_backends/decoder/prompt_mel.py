@@ -1,7 +1,7 @@
 """The flow's prompt mel: CosyVoice's matcha-style 80-bin log-mel of the prompt at 24 kHz, 50 Hz
 (EditX `CosyVoiceFrontEnd.extract_speech_feat`, spec §3.3 step 1).
 
-Per utterance: resample to 24 kHz (torchaudio's formula, `python_backends.resample`),
+Per utterance: resample to 24 kHz (torchaudio's formula, `python_backends.tokenizer.resample`),
 reflect-pad (1920 − 480) / 2 = 720 samples on each side, STFT with center=False, periodic Hann
 1920, hop 480, magnitude sqrt(re² + im² + 1e-9), librosa's slaney mel filterbank (80 bins,
 0–8 kHz, htk=False, norm="slaney", as `librosa.filters.mel` defaults), log(max(·, 1e-5)).
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInput
-from ..resample import resample
+from ..tokenizer.resample import resample
 from ..settings import DECODER
 
 PAD = (DECODER.mel_n_fft - DECODER.mel_hop) // 2

@@ -23,7 +23,7 @@ import torch
 
 from ..errors import InvalidInput
 from ..onnx_runtime import onnx_session
-from ..resample import resample
+from ..tokenizer.resample import resample
 from ..settings import DECODER
 
 FBANK_BINS = 80

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..settings import COSYVOICE_DIR, EditxSettings
+from ..settings import EditxSettings
 from .cosyvoice_yaml import load_cosyvoice_yaml
 from .flow import LoadedFlow, flow_inference, load_flow
 from .hift import hift_inference, load_hift
@@ -37,7 +37,7 @@ class Token2Wav:
 
     @classmethod
     def from_settings(cls, settings: EditxSettings, engine_client=None) -> "Token2Wav":
-        """`engine_client` (python_backends.engine_client) overrides `flow_engine`: the flow's
+        """`engine_client` (python_backends.serving.engine_client) overrides `flow_engine`: the flow's
         estimator then runs in the engine model it calls."""
         root = settings.cosyvoice_dir
         dtype = getattr(torch, settings.dtype)

@@ -1,5 +1,5 @@
-"""Triton model `clone`: voice clone (python_backends.clone_model)."""
-from python_backends.clone_model import CloneModel
+"""Triton model `clone`: voice clone (python_backends.serving.clone_model)."""
+from python_backends.serving.clone_model import CloneModel
 
 
 class TritonPythonModel(CloneModel):

@@ -1,5 +1,5 @@
-"""Triton model `clone_stream`: voice clone (python_backends.clone_model; decoupled, the waveform in chunks)."""
-from python_backends.clone_model import CloneModel
+"""Triton model `clone_stream`: voice clone (python_backends.serving.clone_model; decoupled, the waveform in chunks)."""
+from python_backends.serving.clone_model import CloneModel
 
 
 class TritonPythonModel(CloneModel):

@@ -7,15 +7,15 @@ class TritonPythonModel:
     def initialize(self, args):
         import numpy as np
 
-        from python_backends import triton_editx_io, triton_io
+        from python_backends.serving import model_config, triton_io
         from python_backends.llm.prompt_builder import edit_request_ids
 
-        self.io, self.text_io, self.np = triton_io, triton_editx_io, np
-        self.settings, self.tokenizer = triton_editx_io.text_tokenizer_instance(args)
+        self.io, self.np = triton_io, np
+        self.settings, self.tokenizer = model_config.text_tokenizer_instance(args)
         self.build = edit_request_ids
 
     def _one(self, request):
-        read_text = self.text_io.read_text
+        read_text = self.io.read_text
         ids = self.build(
             self.tokenizer, self.settings, read_text(request, "prompt_text"),
             read_text(request, "target_text"), read_text(request, "token_str"),

@@ -1,6 +1,6 @@
 """Triton model `llm`: Step1 generation for HTTP and unary gRPC, through `llm_stream`
-(python_backends.triton_llm)."""
-from python_backends.triton_llm import LlmModel
+(python_backends.serving.llm_models)."""
+from python_backends.serving.llm_models import LlmModel
 
 
 class TritonPythonModel(LlmModel):

@@ -1,16 +1,17 @@
 """Triton model `preprocess`: any-rate, interleaved multi-channel float32 audio → the 16 kHz mono,
-peak-normalised, silence-trimmed utterance both tokenizers read (python_backends.preprocess)."""
+peak-normalised, silence-trimmed utterance both tokenizers read (python_backends.tokenizer.preprocess)."""
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        from python_backends import triton_io
-        from python_backends.preprocess import preprocess
+        from python_backends.serving import model_config, triton_io
+        from python_backends.serving.tokenizer_models import warmup_audio
+        from python_backends.tokenizer.preprocess import preprocess
 
         self.io = triton_io
-        self.settings = triton_io.load_settings(args)
+        self.settings = model_config.load_settings(args)
         self.preprocess = preprocess
-        preprocess(triton_io.warmup_audio(1.0, 44100), 44100, self.settings)  # warm-up
+        preprocess(warmup_audio(1.0, 44100), 44100, self.settings)  # warm-up
 
     def _one(self, request):
         io = self.io

@@ -1,5 +1,5 @@
-"""Triton model `prompt_features` (python_backends.triton_decoder)."""
-from python_backends.triton_decoder import PromptFeaturesModel
+"""Triton model `prompt_features` (python_backends.serving.decoder_models)."""
+from python_backends.serving.decoder_models import PromptFeaturesModel
 
 
 class TritonPythonModel(PromptFeaturesModel):

@@ -1,5 +1,5 @@
-"""Triton model `speaker_embedding` (python_backends.triton_decoder)."""
-from python_backends.triton_decoder import SpeakerEmbeddingModel
+"""Triton model `speaker_embedding` (python_backends.serving.decoder_models)."""
+from python_backends.serving.decoder_models import SpeakerEmbeddingModel
 
 
 class TritonPythonModel(SpeakerEmbeddingModel):

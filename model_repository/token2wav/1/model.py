@@ -1,5 +1,5 @@
-"""Triton model `token2wav` (python_backends.triton_decoder)."""
-from python_backends.triton_decoder import Token2WavModel
+"""Triton model `token2wav` (python_backends.serving.decoder_models)."""
+from python_backends.serving.decoder_models import Token2WavModel
 
 
 class TritonPythonModel(Token2WavModel):

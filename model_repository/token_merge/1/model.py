@@ -1,13 +1,13 @@
 """Triton model `token_merge`: the 2:3 interleave of vq02 and vq06 codes → LLM token ids and the
-`<audio_N>` prompt string (python_backends.token_merge)."""
+`<audio_N>` prompt string (python_backends.tokenizer.token_merge)."""
 
 
 class TritonPythonModel:
     def initialize(self, args):
         import numpy as np
 
-        from python_backends import triton_io
-        from python_backends.token_merge import merge_tokens
+        from python_backends.serving import triton_io
+        from python_backends.tokenizer.token_merge import merge_tokens
 
         self.io = triton_io
         self.merge = merge_tokens

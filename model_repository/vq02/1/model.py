@@ -4,11 +4,11 @@ an execute() call go through the streaming-equivalent Paraformer encoder + k-mea
 
 class TritonPythonModel:
     def initialize(self, args):
-        from python_backends import triton_io
-        from python_backends.vq02 import Vq02Tokenizer
+        from python_backends.serving import tokenizer_models
+        from python_backends.tokenizer.vq02 import Vq02Tokenizer
 
-        self.io = triton_io
-        self.tokenizer = triton_io.tokenizer_instance(args, Vq02Tokenizer.from_settings)
+        self.serve = tokenizer_models
+        self.tokenizer = tokenizer_models.tokenizer_instance(args, Vq02Tokenizer.from_settings)
 
     def execute(self, requests):
-        return self.io.respond_codes(requests, self.tokenizer, "vq02_codes")
+        return self.serve.respond_codes(requests, self.tokenizer, "vq02_codes")

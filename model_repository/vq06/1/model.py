@@ -4,11 +4,11 @@ all requests of an execute() call go through speech_tokenizer_v1.onnx in one pad
 
 class TritonPythonModel:
     def initialize(self, args):
-        from python_backends import triton_io
-        from python_backends.vq06 import Vq06Tokenizer
+        from python_backends.serving import tokenizer_models
+        from python_backends.tokenizer.vq06 import Vq06Tokenizer
 
-        self.io = triton_io
-        self.tokenizer = triton_io.tokenizer_instance(args, Vq06Tokenizer.from_settings)
+        self.serve = tokenizer_models
+        self.tokenizer = tokenizer_models.tokenizer_instance(args, Vq06Tokenizer.from_settings)
 
     def execute(self, requests):
-        return self.io.respond_codes(requests, self.tokenizer, "vq06_codes")
+        return self.serve.respond_codes(requests, self.tokenizer, "vq06_codes")

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InvalidInput
-from .preprocess import validate
-from .settings import DECODER, EditxSettings
+from ..errors import InvalidInput
+from ..tokenizer.preprocess import validate
+from ..settings import DECODER, EditxSettings
 
 
 def prompt_audio(waveform: np.ndarray, sample_rate: int, channels: int,

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..fbank_frontend import stream_frame_count
-from ..settings import ALGORITHM as A
+from ...settings import ALGORITHM as A
 
 
 class ReferenceVq02:

@@ -31,9 +31,9 @@ import subprocess
 from pathlib import Path
 from typing import Mapping
 
-from .file_io import sha256_file
+from ..file_io import sha256_file
 
-from .engine_profiles import Profile, Tensor
+from .profiles import Profile, Tensor
 
 FORMAT = 1
 REBUILD_HINT = ("rebuild it on this machine with `python -m build_scripts.build_tensorrt --onnx ... "

@@ -1,6 +1,6 @@
 """The `clone` / `clone_stream` entry points: one request → speech in the prompt's voice.
 
-Stages, each a Triton model called by BLS (python_backends/engine_client.py):
+Stages, each a Triton model called by BLS (python_backends/serving/engine_client.py):
 
     prompt_encoder (ensemble: speaker_embedding ∥ prompt_features → audio_tokenizer)
         skipped when the voice is in the PromptCache
@@ -24,10 +24,10 @@ import numpy as np
 
 from . import triton_io
 from .engine_client import EngineClient
-from .errors import InvalidInput, RequestCancelled
-from .triton_editx_io import read_text
+from ..errors import InvalidInput, RequestCancelled
+from .triton_io import read_text
 from .prompt_cache import PromptCache, PromptFeatures, prompt_key
-from .settings import DECODER
+from ..settings import DECODER
 
 LOG = logging.getLogger("clone")
 

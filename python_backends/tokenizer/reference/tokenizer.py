@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..pipeline import AudioTokens
-from ..settings import TokenizerSettings
+from ...settings import TokenizerSettings
 from .merge import reference_merge
 from .preprocess import reference_preprocess
 from .vq02 import ReferenceVq02

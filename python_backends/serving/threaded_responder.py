@@ -1,6 +1,6 @@
 """Answering requests from worker threads, so one model instance serves many at once.
 
-Every call into the stub's IPC holds triton_io.STUB_IPC_LOCK (Triton 2.51 crashes otherwise).
+Every call into the stub's IPC holds stub.STUB_IPC_LOCK (Triton 2.51 crashes otherwise).
 
 The `llm` and `clone` models spend most of a request waiting on other models (BLS) whose
 own schedulers batch across requests; answering in `execute` one request at a time would
@@ -15,7 +15,8 @@ import concurrent.futures
 from typing import Callable, Sequence
 
 from . import triton_io
-from .errors import InvalidInput
+from . import stub
+from ..errors import InvalidInput
 
 
 class ThreadedResponder:
@@ -31,24 +32,24 @@ class ThreadedResponder:
 
     @staticmethod
     def _answer(request, handle: Callable) -> None:
-        pb = triton_io.pb()
-        with triton_io.STUB_IPC_LOCK:
+        pb = stub.pb()
+        with stub.STUB_IPC_LOCK:
             sender = request.get_response_sender()
         try:
             outputs = handle(request, sender)
             response = pb.InferenceResponse(output_tensors=outputs)
         except Exception as exc:  # noqa: BLE001 - every failure becomes this request's answer
             if not isinstance(exc, InvalidInput):
-                triton_io.log_internal(exc)
+                stub.log_internal(exc)
             response = triton_io.error_response(exc)
-        with triton_io.STUB_IPC_LOCK:
+        with stub.STUB_IPC_LOCK:
             sender.send(response, flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     @staticmethod
     def send_partial(sender, outputs: list) -> None:
         """A non-final response (decoupled models only)."""
-        response = triton_io.pb().InferenceResponse(output_tensors=outputs)
-        with triton_io.STUB_IPC_LOCK:
+        response = stub.pb().InferenceResponse(output_tensors=outputs)
+        with stub.STUB_IPC_LOCK:
             sender.send(response)
 
     def shutdown(self) -> None:

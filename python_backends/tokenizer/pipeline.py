@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from .preprocess import preprocess
-from .settings import TokenizerSettings
+from ..settings import TokenizerSettings
 from .token_merge import merge_tokens
 from .vq02 import Vq02Tokenizer
 from .vq06 import Vq06Tokenizer

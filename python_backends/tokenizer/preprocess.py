@@ -11,9 +11,9 @@ import math
 import librosa
 import numpy as np
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 from .resample import resample
-from .settings import ALGORITHM as A, TokenizerSettings
+from ..settings import ALGORITHM as A, TokenizerSettings
 
 
 TAME_ABOVE = 2.0 ** 64  # far above any real recording (int16 full scale is 2^15)

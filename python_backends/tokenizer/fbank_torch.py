@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .settings import ALGORITHM as A
+from ..settings import ALGORITHM as A
 
 PADDED_WINDOW = 512  # next power of two above the 400-sample frame (Kaldi round_to_power_of_two)
 PREEMPHASIS = 0.97

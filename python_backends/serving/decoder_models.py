@@ -1,17 +1,17 @@
 """The Triton side of the decoder models: speaker_embedding, prompt_features, token2wav.
 
-Each batches the requests of one `execute` call (python_backends.triton_io.respond_batched);
+Each batches the requests of one `execute` call (python_backends.serving.triton_io.respond_batched);
 a request with bad input gets its own error, the others run.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from . import triton_io
-from .errors import InvalidInput
-from .prompt_audio import prompt_audio
-from .settings import DECODER, LLM, EditxSettings
-from .triton_editx_io import load_editx_settings
+from . import stub, triton_io
+from ..errors import InvalidInput
+from ..decoder.prompt_audio import prompt_audio
+from ..settings import DECODER, LLM, EditxSettings
+from .model_config import load_editx_settings
 
 
 def read_prompt(request, settings: EditxSettings) -> tuple[np.ndarray, int]:
@@ -25,7 +25,7 @@ def read_prompt(request, settings: EditxSettings) -> tuple[np.ndarray, int]:
 
 class SpeakerEmbeddingModel:
     def initialize(self, args):
-        from .decoder.speaker_embedding import SpeakerEmbedder
+        from ..decoder.speaker_embedding import SpeakerEmbedder
 
         self.settings = load_editx_settings(args)
         self.embedder = SpeakerEmbedder(self.settings.cosyvoice_dir / "campplus.onnx",
@@ -40,7 +40,7 @@ class SpeakerEmbeddingModel:
 
 class PromptFeaturesModel:
     def initialize(self, args):
-        from .decoder.prompt_mel import PromptMel
+        from ..decoder.prompt_mel import PromptMel
 
         self.settings = load_editx_settings(args)
         self.settings.apply_threads()
@@ -68,7 +68,7 @@ def read_token2wav(request) -> dict:
         "speaker_embedding": io.read_utterance(request, "speaker_embedding", np.float32),
         "seed": io.read_scalar(request, "seed"),
     }
-    tensor = io.pb().get_input_tensor_by_name(request, "prompt_mel")
+    tensor = stub.pb().get_input_tensor_by_name(request, "prompt_mel")
     mel = tensor.as_numpy()
     if mel.ndim != 3 or mel.shape[0] != 1 or mel.shape[2] != DECODER.mel_bins:
         raise InvalidInput("prompt_mel", f"has shape {list(mel.shape)}",
@@ -90,7 +90,7 @@ def read_token2wav(request) -> dict:
 class Token2WavModel:
     def initialize(self, args):
         from . import engine_client
-        from .decoder.token2wav import Token2Wav
+        from ..decoder.token2wav import Token2Wav
 
         self.settings = load_editx_settings(args)
         self.settings.apply_threads()

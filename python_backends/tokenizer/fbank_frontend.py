@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import fbank_torch
-from .settings import ALGORITHM as A
+from ..settings import ALGORITHM as A
 
 BACKENDS = ("knf", "torch")
 

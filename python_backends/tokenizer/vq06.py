@@ -3,7 +3,7 @@ requests in one padded onnxruntime run (the model masks padding by `feats_length
 
 `padded_batching=False` batches only pieces of identical length, which is exact for any
 model file, including one that would not mask padding. With an `engine_client`
-(python_backends.engine_client) the network runs in a Triton engine model instead (GPU
+(python_backends.serving.engine_client) the network runs in a Triton engine model instead (GPU
 repositories): the log-mel batch is built on the instance's device and sent by BLS.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from .onnx_runtime import onnx_session
-from .settings import ALGORITHM as A
+from ..onnx_runtime import onnx_session
+from ..settings import ALGORITHM as A
 from .whisper_mel import log_mel
 
 

@@ -23,8 +23,8 @@ import dataclasses
 import math
 from typing import Iterable, Mapping, Sequence
 
-from .settings import ALGORITHM as A
-from .settings import LLM
+from ..settings import ALGORITHM as A
+from ..settings import LLM
 
 VQ02 = "vq02_encoder"
 VQ06 = "vq06_encoder"
@@ -105,7 +105,7 @@ def detect_kind(inputs: Iterable[Tensor]) -> str:
 
 def vq02_frames(seconds: float) -> int:
     """LFR frames of one utterance of `seconds` (what the streaming frontend emits)."""
-    from .fbank_frontend import stream_frame_count  # torch/knf only when a vq02 limit is asked
+    from ..tokenizer.fbank_frontend import stream_frame_count  # torch/knf only when a vq02 limit is asked
 
     return stream_frame_count(int(round(seconds * A.sample_rate)))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .settings import ALGORITHM as A
+from ..settings import ALGORITHM as A
 
 
 def merge_tokens(vq02: np.ndarray, vq06: np.ndarray) -> tuple[np.ndarray, str]:

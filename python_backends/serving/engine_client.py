@@ -22,9 +22,9 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from . import engine_metadata
-from .triton_io import STUB_IPC_LOCK
-from .errors import INVALID_INPUT_MESSAGE, ForwardedInvalidInput, RequestCancelled
+from ..engines import metadata as engine_metadata
+from .stub import STUB_IPC_LOCK, pb as _pb
+from ..errors import INVALID_INPUT_MESSAGE, ForwardedInvalidInput, RequestCancelled
 
 ENGINE_PARAMETER = "engine_model"
 
@@ -33,12 +33,6 @@ class EngineError(RuntimeError):
     """The called model failed (or answered without a requested output). A model that refused
     its input (INVALID_ARG) raises ForwardedInvalidInput instead, so the caller's client gets
     that message as its own input error."""
-
-
-def _pb():
-    import triton_python_backend_utils
-
-    return triton_python_backend_utils
 
 
 def to_pb_tensor(pb, name: str, value):
@@ -102,7 +96,7 @@ class EngineClient:
 
     def _submit(self, inputs: Mapping[str, object], outputs: Sequence[str]):
         """Send the request; its responses arrive through the returned iterator. Only the
-        sending holds the stub's IPC lock (triton_io.STUB_IPC_LOCK), so calls from many
+        sending holds the stub's IPC lock (stub.STUB_IPC_LOCK), so calls from many
         threads still overlap and meet in the called models' batches."""
         with STUB_IPC_LOCK:
             return self._request(inputs, outputs).exec(decoupled=True)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .settings import ALGORITHM as A
+from ..settings import ALGORITHM as A
 
 LAYER_NORM_EPS = 1e-12  # FunASR's LayerNorm
 

@@ -12,14 +12,15 @@ import numpy as np
 import torch
 
 from . import triton_io
+from . import stub
 from .engine_client import EngineClient
-from .errors import InvalidInput
-from .llm.generator import BatchedGenerator
-from .llm.sampling import SamplingParams
-from .llm.step1_model import load_step1
-from .settings import LLM, EditxSettings
-from .triton_editx_io import load_editx_settings
-from .triton_threads import ThreadedResponder
+from ..errors import InvalidInput
+from ..llm.generator import BatchedGenerator
+from ..llm.sampling import SamplingParams
+from ..llm.step1_model import load_step1
+from ..settings import LLM, EditxSettings
+from .model_config import load_editx_settings
+from .threaded_responder import ThreadedResponder
 
 GENERATION_INPUTS = (("max_length", np.int32), ("max_new_tokens", np.int32),
                      ("temperature", np.float32), ("top_k", np.int32), ("seed", np.int64),
@@ -70,8 +71,8 @@ class LlmStreamModel:
         self.generator.start()
 
     def _submit(self, request) -> None:
-        pb = triton_io.pb()
-        with triton_io.STUB_IPC_LOCK:
+        pb = stub.pb()
+        with stub.STUB_IPC_LOCK:
             sender = request.get_response_sender()
         final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         try:
@@ -81,7 +82,7 @@ class LlmStreamModel:
             stream = True if stream is None else bool(stream)
 
             def send(response=None, flags=0):
-                with triton_io.STUB_IPC_LOCK:  # the generator thread sends too
+                with stub.STUB_IPC_LOCK:  # the generator thread sends too
                     sender.send(response, flags=flags)
 
             def on_token(ids):
@@ -90,7 +91,7 @@ class LlmStreamModel:
             def on_done(ids, error):
                 if error is not None:
                     if not isinstance(error, InvalidInput):
-                        triton_io.log_internal(error)
+                        stub.log_internal(error)
                     send(triton_io.error_response(error), final)
                 elif stream:
                     send(flags=final)
@@ -98,11 +99,11 @@ class LlmStreamModel:
                     send(pb.InferenceResponse(output_tensors=[_ids_tensor(ids)]), final)
 
             self.generator.submit(prompt.tolist(), params, on_token if stream else None, on_done,
-                                  cancelled=lambda: triton_io.is_cancelled(sender))
+                                  cancelled=lambda: stub.is_cancelled(sender))
         except Exception as exc:  # noqa: BLE001 - bad input or a stopped generator: this request only
             if not isinstance(exc, InvalidInput):
-                triton_io.log_internal(exc)
-            with triton_io.STUB_IPC_LOCK:
+                stub.log_internal(exc)
+            with stub.STUB_IPC_LOCK:
                 sender.send(triton_io.error_response(exc), flags=final)
 
     def execute(self, requests):
@@ -132,7 +133,7 @@ class LlmModel:
             if values is not None:
                 inputs[name] = values[None]
         responses = list(self.engine.stream(inputs, ["output_ids"],
-                                            cancelled=lambda: triton_io.is_cancelled(request)))
+                                            cancelled=lambda: stub.is_cancelled(request)))
         ids = np.concatenate([r["output_ids"][0] for r in responses]) if responses else np.zeros(0, np.int32)
         return [_ids_tensor(ids)]
 

@@ -1,18 +1,18 @@
 """The Triton side of `clone` and `clone_stream` (their model.py files only pick `stream`).
 
-Requests are answered from worker threads (python_backends/triton_threads.py), so concurrent
+Requests are answered from worker threads (python_backends/serving/threaded_responder.py), so concurrent
 clones wait on the LLM's continuous batch together. The prompt cache's hits and misses are
 Triton custom metrics (`clone_prompt_cache_hits` / `_misses` on the metrics port) and a log
 line per request.
 """
 from __future__ import annotations
 
-from . import triton_io
+from . import stub
 from .clone_pipeline import ClonePipeline, output_tensors, read_clone_request
 from .prompt_cache import PromptCache
-from .settings import DECODER
-from .triton_editx_io import load_editx_settings
-from .triton_threads import ThreadedResponder
+from ..settings import DECODER
+from .model_config import load_editx_settings
+from .threaded_responder import ThreadedResponder
 
 
 class CloneModel:
@@ -24,7 +24,7 @@ class CloneModel:
         self.pipeline = ClonePipeline(self.cache)
         self.responder = ThreadedResponder(max_workers=max(4, 2 * self.settings.max_active_sequences),
                                            name=args["model_name"])
-        pb = triton_io.pb()
+        pb = stub.pb()
         # the families must outlive their metrics: keep both on the instance
         self.metric_families = {kind: pb.MetricFamily(name=f"clone_prompt_cache_{kind}",
                                         description=f"prompt cache {kind} of the {args['model_name']} model",
@@ -35,11 +35,11 @@ class CloneModel:
     def _handle(self, request, sender):
         req = read_clone_request(request)
         hits, misses = self.cache.hits, self.cache.misses
-        wave, times = self.pipeline.clone(req, lambda: triton_io.is_cancelled(request))
-        with triton_io.STUB_IPC_LOCK:
+        wave, times = self.pipeline.clone(req, lambda: stub.is_cancelled(request))
+        with stub.STUB_IPC_LOCK:
             self.metrics["hits"].increment(self.cache.hits - hits)
             self.metrics["misses"].increment(self.cache.misses - misses)
-            triton_io.pb().Logger.log_info(
+            stub.pb().Logger.log_info(
                 "clone: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items()
                                       if k != "prompt_cached")
                 + f"; prompt cache {'hit' if times['prompt_cached'] else 'miss'} (hits "

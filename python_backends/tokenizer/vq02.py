@@ -15,10 +15,10 @@ import torch
 
 from .chunk_encoder import GRAPH_INPUTS, ChunkedEncoderQuantizer, PositionTable, graph_inputs
 from .fbank_frontend import ParaformerFrontend
-from .file_io import combined_sha256, onnx_sidecar_path, sha256_file
+from ..file_io import combined_sha256, onnx_sidecar_path, sha256_file
 from .paraformer_weights import load_paraformer
-from .settings import ALGORITHM as A
-from .settings import TokenizerSettings
+from ..settings import ALGORITHM as A
+from ..settings import TokenizerSettings
 
 LOG = logging.getLogger(__name__)
 ENGINES = ("torch", "onnx", "triton")  # triton: an engine model reached by BLS
@@ -87,7 +87,7 @@ class Vq02Tokenizer:
             model.load_encoder_state(weights.encoder_state)
             self.model = model.eval().to(self.device)
         elif engine == "onnx":
-            from .onnx_runtime import onnx_session
+            from ..onnx_runtime import onnx_session
 
             self.model = None
             self.onnx_path = self._checked_onnx_path(paraformer_dir, centroids_path, onnx_path)
@@ -106,7 +106,7 @@ class Vq02Tokenizer:
 
     @classmethod
     def from_settings(cls, settings: TokenizerSettings, engine_client=None) -> "Vq02Tokenizer":
-        """`engine_client` (python_backends.engine_client) overrides the engine: the graph then
+        """`engine_client` (python_backends.serving.engine_client) overrides the engine: the graph then
         runs in the engine model it calls."""
         return cls(str(settings.paraformer_dir), str(settings.centroids_path), settings.device,
                    settings.dither, engine="triton" if engine_client else settings.vq02_engine,
