@@ -1,7 +1,7 @@
 """Start `tritonserver` on a model repository and keep it running until SIGINT/SIGTERM.
 
     python build_scripts/serve.py --repo REPO [--http-port 0] [--grpc-port 0] [--metrics-port 0]
-        [--address 0.0.0.0] [--log-file F] [--tritonserver PATH]
+        [--address 0.0.0.0] [--log-file F] [--tritonserver PATH] [--drain-seconds 30]
 
 Port 0 picks a free port. Once `/v2/health/ready` answers, one JSON line is printed:
 {"http_port": ..., "grpc_port": ..., "metrics_port": ..., "log_file": ...}. The server's own log
@@ -13,14 +13,27 @@ through the first `python3` on PATH, so the running virtualenv's `bin/` is put f
 the libpython of that virtualenv's interpreter first on LD_LIBRARY_PATH. The model configs carry
 the project root for `python_backends` (see build_repository.py).
 
+Stopping (Ctrl-C, SIGTERM, `stop()`) drains first: the entry-point models (clone, clone_stream,
+llm) answer new requests UNAVAILABLE while the ones in flight finish, for at most
+`--drain-seconds` (our in-flight metrics, read from the metrics port, say when none is left);
+then tritonserver is stopped, and what is still open is answered UNAVAILABLE as the models
+unload. Whatever happened (a crash included), no process of the server (its Python backend
+stubs) and no shared-memory region of it is left behind.
+
+HTTP clients reach tritonserver through build_scripts/http_guard.py (unless --no-http-guard):
+2.51 allocates whatever an HTTP/JSON request declares, so one 150-byte request with a huge
+shape would abort it; the guard refuses such requests (400) and forwards the rest unchanged to
+tritonserver's HTTP port on 127.0.0.1. gRPC is not proxied (its frontend checks sizes itself).
+When tritonserver is started here, it is told to stop (SIGTERM) should this process die.
+
 As a library: `with TritonServer(repo) as server: ... server.grpc_url ...`.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import importlib.util
-import itertools
 import json
 import os
 import re
@@ -34,9 +47,25 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
-_counter = itertools.count()
+from build_scripts.http_guard import GuardThread
+from python_backends.serving.shutdown import ABORT_SUFFIX
+from python_backends.settings import DRAIN_FILE_ENV
+
+# what the in-flight metrics of our models are called (python_backends/serving/metrics.py)
+IN_FLIGHT_METRICS = ("step_audio_requests_in_flight", "step_audio_llm_sequences")
+SHM_DIR = Path("/dev/shm")
+ABORT_SECONDS = 5.0  # after the drain: for the aborted requests' answers to be sent
+MIB = 1 << 20
+PR_SET_PDEATHSIG = 1
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
+
+
+def _stop_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies."""
+    _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ServerStartError(RuntimeError):
@@ -112,7 +141,9 @@ class TritonServer:
     def __init__(self, repo: str | Path, http_port: int = 0, grpc_port: int = 0,
                  metrics_port: int = 0, address: str = "0.0.0.0", log_file: str | Path | None = None,
                  tritonserver: str | Path | None = None, startup_timeout: float = 600.0,
-                 extra_args: tuple[str, ...] = ()):
+                 extra_args: tuple[str, ...] = (), drain_seconds: float = 30.0,
+                 exit_timeout_seconds: int = 30, http_guard: bool = True,
+                 max_input_mib: int = 256, max_body_mib: int = 512):
         self.repo = Path(repo).resolve()
         self.requested_ports = (http_port, grpc_port, metrics_port)
         self.address = address
@@ -120,6 +151,14 @@ class TritonServer:
         self.tritonserver = Path(tritonserver) if tritonserver else None
         self.startup_timeout = startup_timeout
         self.extra_args = tuple(extra_args)
+        self.drain_seconds = drain_seconds
+        self.http_guard = http_guard
+        self.max_input_bytes, self.max_body_bytes = max_input_mib * MIB, max_body_mib * MIB
+        self._guard: GuardThread | None = None
+        self._triton_http_port = 0  # where tritonserver's own HTTP listens (behind the guard)
+        self.exit_timeout_seconds = exit_timeout_seconds
+        # names every shared-memory region and stub of this server (their command lines carry it)
+        self.shm_prefix = f"sa{uuid.uuid4().hex[:12]}_"
         self.http_port = self.grpc_port = self.metrics_port = 0
         self.process: subprocess.Popen | None = None
         self._tmp: Path | None = None
@@ -146,7 +185,8 @@ class TritonServer:
 
     def ports(self) -> dict:
         return {"http_port": self.http_port, "grpc_port": self.grpc_port,
-                "metrics_port": self.metrics_port, "log_file": str(self.log_file)}
+                "metrics_port": self.metrics_port, "log_file": str(self.log_file),
+                "shm_prefix": self.shm_prefix}
 
     # ----------------------------------------------------------------- lifecycle
     def _command(self, backends: Path | None) -> list[str]:
@@ -155,12 +195,13 @@ class TritonServer:
         else:
             binary = str(pytriton_dist() / "bin" / "tritonserver")
         cmd = [binary, f"--model-repository={self.repo}",
-               f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
+               f"--http-port={self._triton_http_port}", f"--grpc-port={self.grpc_port}",
                f"--metrics-port={self.metrics_port}",
-               f"--http-address={self.address}", f"--grpc-address={self.address}",
-               "--disable-auto-complete-config", "--exit-timeout-secs=10",
+               f"--http-address={'127.0.0.1' if self.http_guard else self.address}",
+               f"--grpc-address={self.address}",
+               "--disable-auto-complete-config", f"--exit-timeout-secs={self.exit_timeout_seconds}",
                # unique shared-memory names, so several servers can run side by side
-               f"--backend-config=python,shm-region-prefix-name=tok{os.getpid()}_{next(_counter)}_"]
+               f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}"]
         if backends is not None:
             cmd.append(f"--backend-directory={backends}")
         return cmd + list(self.extra_args)
@@ -182,18 +223,23 @@ class TritonServer:
             libs.append(dist.parents[1] / "nvidia_pytriton.libs")
             backends = _python_backend_dir(dist, self._tmp / "backends")
         env = server_environment(libs)
+        env[DRAIN_FILE_ENV] = str(self.drain_file)
         attempts = 3 if 0 in self.requested_ports else 1
         for attempt in range(attempts):
             self.http_port, self.grpc_port, self.metrics_port = (
                 p or free_port() for p in self.requested_ports)
+            self._triton_http_port = free_port() if self.http_guard else self.http_port
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
             with open(self.log_file, "ab") as log:
                 self.process = subprocess.Popen(self._command(backends), stdout=log,
                                                 stderr=subprocess.STDOUT, env=env,
-                                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                                preexec_fn=_stop_with_parent)
             try:
                 self._wait_ready()
+                if self.http_guard:
+                    self._start_guard()
                 return self
             except ServerStartError as exc:
                 self._terminate()
@@ -204,7 +250,7 @@ class TritonServer:
                 raise exc
 
     def _wait_ready(self) -> None:
-        url = f"http://{self.http_url}/v2/health/ready"
+        url = f"http://127.0.0.1:{self._triton_http_port}/v2/health/ready"
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             code = self.process.poll()
@@ -226,10 +272,66 @@ class TritonServer:
             log.seek(self._log_offset)
             return b"Started HTTPService at" in log.read()
 
-    def _terminate(self, timeout: float = 30.0) -> int | None:
+    def _start_guard(self) -> None:
+        requested = self.requested_ports[0]
+        try:
+            self._guard = GuardThread(self.address, requested, self._triton_http_port,
+                                      self.max_input_bytes, self.max_body_bytes).start()
+        except OSError as exc:
+            raise ServerStartError(f"the HTTP guard cannot listen on {self.address}:{requested}: "
+                                   f"{exc}") from exc
+        self.http_port = self._guard.port
+
+    @property
+    def triton_http_port(self) -> int:
+        """tritonserver's own HTTP port (on 127.0.0.1, behind the guard when there is one)."""
+        return self._triton_http_port
+
+    @property
+    def drain_file(self) -> Path:
+        return self._tmp / "draining"
+
+    def in_flight(self) -> float | None:
+        """Requests our models hold (IN_FLIGHT_METRICS summed over models), None when the
+        metrics port does not answer."""
+        try:
+            with urllib.request.urlopen(self.metrics_url, timeout=2) as reply:
+                text = reply.read().decode()
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return None
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(IN_FLIGHT_METRICS))
+
+    def _wait_idle(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while self.process.poll() is None:
+            if self.in_flight() in (0.0, None):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+    def drain(self) -> bool:
+        """New work to the entry points is refused; wait (at most drain_seconds) until none is
+        in flight. True if it came to that; else what is left is answered UNAVAILABLE and the
+        LLM stops (python_backends/serving/shutdown.py), and False."""
+        if self.process is None or self.process.poll() is not None:
+            return True
+        self.drain_file.touch()
+        if self._wait_idle(self.drain_seconds):
+            return True
+        Path(f"{self.drain_file}{ABORT_SUFFIX}").touch()
+        self._wait_idle(ABORT_SECONDS)
+        return False
+
+    def _terminate(self, timeout: float = 30.0, graceful: bool = True) -> int | None:
         proc, self.process = self.process, None
         if proc is None:
             return None
+        if proc.poll() is None and not graceful:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)  # graceful: unloads models, stops the stubs
             try:
@@ -238,7 +340,38 @@ class TritonServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        self._reap(proc.pid)
+        if self._guard is not None:
+            self._guard.stop()
+            self._guard = None
         return proc.returncode
+
+    def leftovers(self) -> tuple[list[int], list[Path]]:
+        """(pids, shared-memory files) of this server still present."""
+        mark = self.shm_prefix.encode()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                with contextlib.suppress(OSError):
+                    if mark in (entry / "cmdline").read_bytes():
+                        pids.append(int(entry.name))
+        return pids, sorted(SHM_DIR.glob(f"{self.shm_prefix}*"))
+
+    def _reap(self, pgid: int) -> None:
+        """Kill what outlived tritonserver (stubs of a crashed server live on under PID 1 and
+        ignore SIGTERM) and remove its shared memory."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        for _ in range(50):
+            pids, regions = self.leftovers()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            for region in regions:
+                region.unlink(missing_ok=True)
+            if not pids:
+                return
+            time.sleep(0.1)
 
     def _cleanup(self, keep_log: bool) -> None:
         if self._tmp is None:
@@ -249,9 +382,17 @@ class TritonServer:
             shutil.rmtree(self._tmp, ignore_errors=True)
         self._tmp = None
 
-    def stop(self) -> int | None:
-        """Stop the server (SIGINT, then SIGKILL after 30 s); returns its exit code."""
-        code = self._terminate()
+    def stop(self, drain: bool = True) -> int | None:
+        """Drain (unless `drain` is False), stop the server (SIGINT, then SIGKILL after
+        exit_timeout + 10 s) and reap what it leaves; returns its exit code (0 after a drain
+        that ran out of time: everyone was answered, and tritonserver is killed at once, since
+        2.51 does not unload a model whose requests were answered from another thread while
+        their workers still ran)."""
+        if drain and not self.drain():
+            self._terminate(graceful=False)
+            self._cleanup(keep_log=False)
+            return 0
+        code = self._terminate(self.exit_timeout_seconds + 10.0)
         self._cleanup(keep_log=bool(code))
         return code
 
@@ -276,6 +417,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tritonserver", default=None,
                         help="a tritonserver binary with its own backends (default: nvidia-pytriton's)")
     parser.add_argument("--startup-timeout", type=float, default=600.0)
+    parser.add_argument("--no-http-guard", action="store_true",
+                        help="let HTTP clients reach tritonserver directly (2.51 then aborts on an "
+                             "HTTP/JSON request that declares a huge shape)")
+    parser.add_argument("--max-input-mib", type=int, default=256,
+                        help="HTTP guard: the largest input a request may declare")
+    parser.add_argument("--max-body-mib", type=int, default=512,
+                        help="HTTP guard: the largest request body")
+    parser.add_argument("--drain-seconds", type=float, default=30.0,
+                        help="at stop: how long requests in flight may take to finish (new ones "
+                             "are answered UNAVAILABLE meanwhile)")
     args = parser.parse_args(argv)
 
     stop = threading.Event()
@@ -283,7 +434,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     server = TritonServer(args.repo, args.http_port, args.grpc_port, args.metrics_port,
                           address=args.address, log_file=args.log_file,
-                          tritonserver=args.tritonserver, startup_timeout=args.startup_timeout)
+                          tritonserver=args.tritonserver, startup_timeout=args.startup_timeout,
+                          drain_seconds=args.drain_seconds, http_guard=not args.no_http_guard,
+                          max_input_mib=args.max_input_mib, max_body_mib=args.max_body_mib)
     try:
         server.start()
     except ServerStartError as exc:
@@ -294,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         if not server.running():
             print(f"serve: tritonserver exited unexpectedly; log {server.log_file}:\n"
                   f"{log_tail(server.log_file)}", file=sys.stderr)
-            server.stop()
+            server.stop(drain=False)
             return 1
     code = server.stop()
     return 0 if code in (0, None) else 1

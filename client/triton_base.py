@@ -89,6 +89,17 @@ def _triton_dtype(dtype) -> str:
     return np_to_triton_dtype(np.dtype(dtype))
 
 
+def infer_inputs(module, arrays: dict) -> list:
+    """`module.InferInput`s (tritonclient.grpc or .http) holding `arrays` as they are: for
+    requests built by hand (tests, perf), not through a client class."""
+    inputs = []
+    for name, array in arrays.items():
+        tensor = module.InferInput(name, list(array.shape), _triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
 def as_client_error(exc: Exception) -> TokenizerError:
     message = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
     status = exc.status() if hasattr(exc, "status") and callable(exc.status) else None

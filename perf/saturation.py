@@ -117,7 +117,8 @@ def _processes() -> list[tuple[int, int, list[str]]]:
 
 
 def find_server(port: int) -> int:
-    """The pid of the tritonserver listening on `port` (HTTP, gRPC or metrics)."""
+    """The pid of the tritonserver listening on `port` (gRPC or metrics; an HTTP port that
+    serve.py's HTTP guard holds names no tritonserver: pass --server-pid then)."""
     flags = (f"--grpc-port={port}", f"--http-port={port}", f"--metrics-port={port}")
     found = [pid for pid, _, argv in _processes()
              if argv and argv[0].endswith("tritonserver") and any(f in argv for f in flags)]

@@ -31,3 +31,32 @@ class ForwardedInvalidInput(InvalidInput):
 
 class RequestCancelled(RuntimeError):
     """The client cancelled the request or its deadline passed; work for it stops."""
+
+
+UNAVAILABLE_MESSAGE = re.compile(r"(in ensemble '[^']+', )?unavailable: .+", re.S)
+
+
+class Unavailable(RuntimeError):
+    """The server is shutting down (draining) or the model is stopping: the request was not run
+    to its end, and a client may retry it elsewhere. Answered with Triton's UNAVAILABLE code;
+    the message starts "unavailable: " so that a BLS caller recognises it (UNAVAILABLE_MESSAGE)."""
+
+    def __init__(self, why: str):
+        super().__init__(why if why.startswith("unavailable: ") else f"unavailable: {why}")
+
+
+# not failures of ours: answered with their own code, never logged as internal errors
+EXPECTED_OUTCOMES = (InvalidInput, RequestCancelled, Unavailable)
+
+
+def outcome(exc: BaseException | None) -> str:
+    """The `outcome` label of a finished request (metrics): what the client got."""
+    if exc is None:
+        return "success"
+    if isinstance(exc, InvalidInput):
+        return "invalid_input"
+    if isinstance(exc, RequestCancelled):
+        return "cancelled"
+    if isinstance(exc, Unavailable):
+        return "unavailable"
+    return "error"

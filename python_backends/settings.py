@@ -129,6 +129,10 @@ class LlmAlgorithm:
     audio_tokens: int = 5120  # N in [0, 5119]: 1024 vq02 + 4096 vq06
     max_length: int = 8192  # HF generate(max_length=...): prompt + generated
     temperature: float = 0.7
+    # what the float32 sampler computes without overflow (logits / t stay finite); the original
+    # takes any t > 0 and fails on tiny ones with "probability tensor contains inf/nan"
+    min_temperature: float = 1e-3
+    max_temperature: float = 100.0
     top_k: int = 50
     repetition_window: int = 10  # RepetitionAwareLogitsProcessor: last 10 ids
     repetition_ratio: float = 0.1  # ban the newest id when count / window > this
@@ -204,3 +208,8 @@ class EditxSettings(DeploymentSettings):
     @property
     def text_tokenizer_path(self) -> Path:
         return Path(self.editx_dir) / TEXT_TOKENIZER_FILE
+
+
+# serve.py names, in the server's environment, a file it creates when it begins to drain: the
+# entry-point models (clone, clone_stream, llm) then answer new requests UNAVAILABLE
+DRAIN_FILE_ENV = "STEP_AUDIO_DRAIN_FILE"

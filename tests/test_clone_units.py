@@ -178,8 +178,9 @@ def test_prompt_audio_mixes_down_and_caps_the_peak():
 @pytest.mark.parametrize("audio, rate, message", [
     (np.zeros(16000, np.float32), 16000, "input 'waveform': is silent (peak 0.00e+00); allowed: "
                                          "speech with a peak of at least 0.001"),
-    (np.full(1600, 0.1, np.float32), 16000, "input 'waveform': lasts 0.100 s; allowed: a voice "
-                                            "prompt of at least 0.5 s"),
+    (np.full(1600, 0.1, np.float32), 16000, "input 'waveform': lasts 0.1 s (1600 samples per channel "
+                                            "at 16000 Hz); allowed: a voice prompt of at least 0.5 s "
+                                            "(8000 samples per channel at 16000 Hz)"),
     (np.full(16000, 0.1, np.float32), 4000, "input 'sample_rate': got 4000 Hz"),
 ])
 def test_prompt_audio_refusals(audio, rate, message):

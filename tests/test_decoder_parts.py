@@ -207,6 +207,22 @@ def test_hift_length_and_seeding(hift):
     torch.testing.assert_close(both, torch.cat([wave, other]), atol=1e-5, rtol=0)
 
 
+def test_voiced_hift_runs_the_sine_branch_on_speech(hift, voiced_hift):
+    """On an espeak prompt's mel the synthetic f0 is ~1 Hz (all unvoiced); the lifted one is
+    voiced at speech pitch everywhere, and its source is no longer noise only."""
+    audio, rate = prompt(3.0, seed=7)
+    mel = torch.from_numpy(prompt_mel(audio, rate, bf16_round=False)).T[None]
+    src = voiced_hift.m_source
+    with torch.no_grad():
+        assert float(hift.f0_predictor(mel).max()) < src.voiced_threshold
+        f0 = voiced_hift.f0_predictor(mel)
+        assert bool((f0 > src.voiced_threshold).all()) and 100 < float(f0.median()) < 350
+        phases, noise = src.draw(3, mel.shape[2])
+        sine_and_noise = src(f0, phases, noise)
+        noise_only = src(torch.zeros_like(f0), phases, noise)
+    assert float((sine_and_noise - noise_only).abs().max()) > 0.05
+
+
 @pytest.mark.parametrize("model", ["hift", "voiced_hift"])
 def test_hift_batch_equals_alone_and_reference(model, request):
     hift = request.getfixturevalue(model)

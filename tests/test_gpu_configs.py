@@ -17,6 +17,7 @@ from tritonclient.grpc import model_config_pb2
 
 from build_scripts import build_repository as br
 from build_scripts import build_tensorrt as bt
+from python_backends.errors import RequestCancelled
 from python_backends.serving import engine_client
 from python_backends.engines import metadata as em
 from python_backends.engines import profiles as ep
@@ -263,6 +264,8 @@ def test_cpu_repository_has_no_engines(tmp_path, tiny_weights):
 class FakePb:
     """Stand-in for triton_python_backend_utils: records requests, answers from `reply`."""
 
+    responses = 1  # how many responses a decoupled exec yields
+
     def __init__(self, reply=None, error=None):
         self.requests, self.reply, self.error = [], reply or {}, error
 
@@ -283,10 +286,11 @@ class FakePb:
         def from_dlpack(cls, name, capsule):
             raise AssertionError("no CUDA tensors in this test")
 
-    def InferenceRequest(self, model_name, requested_output_names, inputs):
+    def InferenceRequest(self, model_name, requested_output_names, inputs, request_id=""):
         pb = self
         request = types.SimpleNamespace(model_name=model_name, outputs=requested_output_names,
-                                        inputs={t.name(): t.as_numpy() for t in inputs})
+                                        inputs={t.name(): t.as_numpy() for t in inputs},
+                                        request_id=request_id)
 
         def execute(decoupled=False):
             pb.requests.append(request)
@@ -295,7 +299,7 @@ class FakePb:
                 has_error=lambda: error is not None,
                 error=lambda: types.SimpleNamespace(message=lambda: error),
                 outputs={k: pb.Tensor(k, v) for k, v in pb.reply.items()})
-            return [response] if decoupled else response
+            return iter([response] * pb.responses) if decoupled else response
 
         request.exec = execute
         return request
@@ -332,6 +336,24 @@ def test_engine_client_sends_bls_requests():
     with pytest.raises(engine_client.EngineError,
                        match=r"model 'vq06_encoder' failed: shape \[1,128,4000\] exceeds profile"):
         failing.infer({"feats": np.zeros((1, 128, 4000), np.float32)}, ["indices"])
+
+
+def test_a_cancelled_stream_asks_the_model_to_stop_it_and_reads_it_to_its_end():
+    """2.51's BLS has no cancel: the stop is a `cancel` request naming the stream's request id,
+    and the stream's remaining responses are read."""
+    pb = FakePb({"output_ids": np.arange(3, dtype=np.int32)})
+    pb.responses = 4
+    client = engine_client.EngineClient("llm_stream", pb)
+    checks = iter([False, True])
+    got = []
+    with pytest.raises(RequestCancelled):
+        for out in client.stream({"input_ids": np.ones((1, 5), np.int32)}, ["output_ids"],
+                                 cancelled=lambda: next(checks)):
+            got.append(out)
+    assert len(got) == 1
+    generation, stop = pb.requests
+    assert generation.request_id and generation.request_id == stop.inputs["cancel"][0, 0].decode()
+    assert stop.model_name == "llm_stream" and stop.outputs == []
 
 
 def test_engine_client_from_model_args_checks_the_plan(tmp_path, tiny_weights, engines):

@@ -288,3 +288,65 @@ def test_cancelled_request_ends_and_frees_its_slot(model, alone):
     assert ids is None and isinstance(error, RequestCancelled)
     assert done["short"] == (alone[1], None)
     assert gen.active_count == 0 and steps < GREEDY.max_length
+
+
+def test_finished_requests_are_never_polled(model):
+    """A request that ends in its prefill (max_length = prompt + 1) is never asked cancelled()
+    again: Triton 2.51 crashes when a sender is asked after its final response."""
+    gen = BatchedGenerator(model, max_active=4, cancel_check_steps=1)
+    polls, results = [], []
+    for i in range(24):
+        one = SamplingParams(greedy=True, max_length=len(PROMPTS[0]) + 1)
+        finished = []
+
+        def probe(finished=finished, i=i):
+            polls.append((i, bool(finished)))
+            return False
+
+        gen.submit(PROMPTS[0], one, None,
+                   lambda ids, error, finished=finished: (finished.append(1), results.append((ids, error))),
+                   cancelled=probe)
+        while gen.step():
+            pass
+    assert results == [([], None)] * 24
+    assert polls and not [p for p in polls if p[1]]  # polled before its prefill, never after
+
+
+def test_cancel_by_key_stops_running_waiting_and_early_requests(model, alone):
+    gen = BatchedGenerator(model, max_active=1)
+    done = {}
+    long = SamplingParams(greedy=True, max_length=len(PROMPTS[0]) + 500)
+
+    def end(name):
+        return lambda ids, error: done.update({name: (ids, error)})
+
+    gen.submit(PROMPTS[0], long, None, end("running"), key="a")
+    gen.submit(PROMPTS[0], long, None, end("waiting"), key="b")  # no free slot: pending
+    gen.step()
+    gen.step()
+    assert gen.active_count == 1 and gen.pending_count == 1
+    assert gen.cancel("b") and gen.cancel("a")
+    gen.step()
+    assert gen.active_count == 0 and gen.pending_count == 0
+    assert isinstance(done["running"][1], RequestCancelled) and done["running"][0] is None
+    assert isinstance(done["waiting"][1], RequestCancelled)
+    assert not gen.cancel("c")  # not here yet: remembered
+    gen.submit(PROMPTS[1], GREEDY, None, end("early"), key="c")
+    gen.submit(PROMPTS[1], GREEDY, None, end("other"), key="d")
+    while gen.step():
+        pass
+    assert isinstance(done["early"][1], RequestCancelled)
+    assert done["other"] == (alone[1], None)
+
+
+def test_on_step_reports_active_pending_and_generated_ids(model):
+    seen = []
+    gen = BatchedGenerator(model, max_active=1, on_step=lambda *a: seen.append(a))
+    gen.start()
+    try:
+        ten = SamplingParams(greedy=True, max_length=len(PROMPTS[0]) + 10)
+        assert [len(r) for r in gen.generate([PROMPTS[0], PROMPTS[0]], [ten, ten])] == [9, 9]
+    finally:
+        gen.stop()
+    assert sum(a[2] for a in seen) == 20 == gen.generated_ids
+    assert seen[-1][:2] == (0, 0)

@@ -84,7 +84,7 @@ def test_failed_requests_are_counted_by_message_and_fail_the_verdict(triton_serv
     bad = [{**r, "sample_rate": np.array([[4000]], np.int32)} for r in requests]
     url = triton_server.grpc_url if protocol == "grpc" else triton_server.http_url
     report = sat.saturate(url, protocol, "audio_tokenizer", bad, seconds=2, concurrency=2,
-                          sample_every=0.5)
+                          sample_every=0.5, server_pid=triton_server.process.pid)
     assert report.main.count > 0
     assert report.main.failures == {RATE_ERROR: report.main.count}
     assert report.failed == report.main.count and not report.passed
@@ -92,7 +92,9 @@ def test_failed_requests_are_counted_by_message_and_fail_the_verdict(triton_serv
 
 def test_the_server_is_found_by_its_port_with_its_stubs(triton_server):
     pid = sat.find_server(triton_server.grpc_port)
-    assert pid == triton_server.process.pid == sat.find_server(triton_server.http_port)
+    assert pid == triton_server.process.pid == sat.find_server(triton_server.metrics_port)
+    with pytest.raises(SystemExit, match="pass --server-pid"):  # HTTP: serve.py's guard listens
+        sat.find_server(triton_server.http_port)
     tree = sat.process_tree(pid)
     stubs = [p for p in tree if p != pid]
     assert len(stubs) >= 4  # one Python backend stub per model instance

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
@@ -130,7 +131,7 @@ def test_serve_cli_prints_ports_and_stops_on_sigterm(server_repo):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         ports = json.loads(proc.stdout.readline())
-        assert set(ports) == {"http_port", "grpc_port", "metrics_port", "log_file"}
+        assert set(ports) == {"http_port", "grpc_port", "metrics_port", "log_file", "shm_prefix"}
         assert len({ports["http_port"], ports["grpc_port"], ports["metrics_port"]}) == 3
         url = f"http://127.0.0.1:{ports['http_port']}/v2/models/audio_tokenizer/ready"
         with urllib.request.urlopen(url, timeout=10) as reply:
@@ -142,6 +143,7 @@ def test_serve_cli_prints_ports_and_stops_on_sigterm(server_repo):
         assert proc.wait(timeout=60) == 0
         assert proc.stderr.read() == ""
         assert not os.path.exists(ports["log_file"])  # the temporary log goes with a clean stop
+        assert not list(Path("/dev/shm").glob(ports["shm_prefix"] + "*"))
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -254,7 +254,11 @@ CLIENT_CASES = [
     ("empty_target_text", lambda v: dict(text=""),
      "input 'target_text': is empty; allowed: non-empty UTF-8 text"),
     ("blank_prompt_text", lambda v: dict(prompt_text=" \t\n "),
-     "input 'prompt_text': is empty; allowed: non-empty UTF-8 text"),
+     "input 'prompt_text': is blank (only whitespace or invisible format characters); allowed: "
+     "text with at least one visible character"),
+    ("invisible_target_text", lambda v: dict(text="\u200b\u2060\ufeff"),
+     "input 'target_text': is blank (only whitespace or invisible format characters); allowed: "
+     "text with at least one visible character"),
     ("target_text_too_long", lambda v: dict(text="x" * (TEST_MAX_TEXT_CHARS + 1)),
      f"input 'target_text': has {TEST_MAX_TEXT_CHARS + 1} characters; allowed: at most "
      f"{TEST_MAX_TEXT_CHARS} characters (EditxSettings.max_target_text_chars)"),
@@ -262,11 +266,12 @@ CLIENT_CASES = [
      ENSEMBLE + "input 'waveform': is silent (peak 0.00e+00); allowed: speech with a peak of "
                 "at least 0.001"),
     ("prompt_too_short", lambda v: dict(waveform=v.samples[:v.rate // 10]),
-     ENSEMBLE + "input 'waveform': lasts 0.100 s; allowed: a voice prompt of at least 0.5 s"),
+     ENSEMBLE + "input 'waveform': lasts 0.1 s (2205 samples per channel at 22050 Hz); allowed: a "
+                "voice prompt of at least 0.5 s (11025 samples per channel at 22050 Hz)"),
     ("nan_in_waveform", lambda v: dict(waveform=with_nan(v.samples)),
-     ENSEMBLE + "input 'waveform': contains NaN or Inf; allowed: finite float32 samples"),
+     "input 'waveform': contains NaN or Inf; allowed: finite float32 samples"),  # at the entry
     ("sample_rate_4000", lambda v: dict(rate=4000),
-     ENSEMBLE + "input 'sample_rate': got 4000 Hz; allowed: an integer from 8000 to 192000 Hz"),
+     "input 'sample_rate': got 4000 Hz; allowed: an integer from 8000 to 192000 Hz"),
 ]
 
 

@@ -82,7 +82,9 @@ def test_resample_keeps_tone_and_length():
     (np.zeros(10, np.float32), 7999, 1, "input 'sample_rate': got 7999 Hz"),
     (np.zeros(10, np.float32), 16000, 0, "input 'channels': got 0"),
     (np.zeros(11, np.float32), 16000, 2, "not a multiple of 2 channels"),
-    (np.zeros(16000 * 121, np.float32), 16000, 1, "input 'waveform': lasts 121.00 s; allowed: at most 120 s"),
+    (np.zeros(16000 * 121, np.float32), 16000, 1, "input 'waveform': lasts 121 s (1936000 samples per "
+                                                  "channel at 16000 Hz); allowed: at most 120 s of audio "
+                                                  "(1920000 samples per channel at 16000 Hz)"),
 ])
 def test_preprocess_rejects_bad_input(settings, waveform, rate, channels, needle):
     with pytest.raises(InvalidInput) as err:

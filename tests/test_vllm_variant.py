@@ -160,13 +160,20 @@ def test_sampling_parameters_follow_the_request():
 @pytest.mark.parametrize("inner_bos", [True, False])
 def test_prompt_text_tokenizes_back_into_the_prompt_ids(tok, inner_bos):
     ids = pb.clone_prompt_ids(tok, "clone_0123456789abcdef", "我们今天 go to the park 🌳",
-                              AUDIO, "Hello  world,\n 你好 <|EOT|>", inner_bos)
+                              AUDIO, "Hello  world,\n 你好 <|EOT", inner_bos)
     text = vr.vllm_prompt_text(tok, ids)
     assert text.startswith("<|BOT|><s> system\n" if inner_bos else "<|BOT|> system\n")
     assert AUDIO in text and text.endswith("assistant\n")
     assert tok.encode(text, add_bos=True) == ids
     edit = pb.edit_prompt_ids(tok, "emotion", "happy", "今天 weather", AUDIO, inner_bos)
     assert tok.encode(vr.vllm_prompt_text(tok, edit), add_bos=True) == edit
+
+
+def test_typed_special_pieces_have_no_text_form(tok):
+    """A typed "<|EOT|>" is text in our prompt; vLLM would tokenize it back as the control token."""
+    ids = pb.clone_prompt_ids(tok, "clone_0123456789abcdef", "hi", AUDIO, "你好 <|EOT|>", True)
+    with pytest.raises(InvalidInput, match="has no text form that tokenizes back"):
+        vr.vllm_prompt_text(tok, ids)
 
 
 def test_prompt_text_refuses_ids_without_a_text_form(tok):

@@ -21,11 +21,16 @@ samples):
     leaky ReLU (slope 0.01, torch's default, as upstream) → conv_post → log-magnitude (exp,
     ≤ 100) and phase (sin) → iSTFT → clamp ±audio_limit.
 
-Randomness: each request draws its initial phases `rand(1, 9)` and then its noise
-`randn(1, 480·T, 9)` from its own CPU `torch.Generator` (a seed or a generator per request),
-so a request's waveform does not depend on the batch it runs in or the device. These are the
-draws, in the same order and shapes, that upstream makes for a batch of one from the global CPU
-generator after `torch.manual_seed(seed)` (on CUDA upstream draws from the CUDA generator).
+Randomness: each request draws from its own CPU `torch.Generator` (a seed or a generator per
+request), so a request's waveform does not depend on the batch it runs in or the device. The
+draws are the ones upstream's SineGen2 makes for a batch of one from the global CPU generator
+after `torch.manual_seed(seed)`, so the same seed gives the same numbers: `rand(1, 9)` for the
+initial phases, then `randn_like` of the sine waves, a [1, 480·T, 9] transposed view stored as
+[1, 9, 480·T]. torch fills a non-contiguous tensor element by element in memory order (its
+contiguous `randn` uses another algorithm), so the noise is drawn into that same layout
+(`SourceModule.draw`; ≈15 ms of one CPU core per second of audio, 3× a contiguous
+`randn`). Upstream's last draw, `randn_like(uv)`, is never used and not made here.
+On CUDA upstream draws from the CUDA generator instead.
 
 Batching (`hift_inference`): f0 is predicted per request (a 1-ulp f0 difference from a batched
 conv becomes a phase error proportional to the utterance length: ~1e-4 after 0.6 s, worse on long
@@ -142,13 +147,15 @@ class SourceModule(nn.Module):
         self.l_linear = nn.Linear(harmonic_num + 1, 1)
 
     def draw(self, randomness: Randomness, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One request's random initial phases [1, H] (first harmonic 0) and noise [1, L, H]."""
+        """One request's random initial phases [1, H] (first harmonic 0) and noise [1, L, H],
+        the numbers upstream's `rand` and `randn_like(sine_waves)` draw for the same seed."""
         gen = randomness if isinstance(randomness, torch.Generator) else \
             torch.Generator().manual_seed(int(randomness))
         phases = torch.rand(1, self.harmonics, generator=gen)
         phases[:, 0] = 0
-        noise = torch.randn(1, frames * self.upsample_scale, self.harmonics, generator=gen)
-        return phases, noise
+        samples = frames * self.upsample_scale
+        sine_layout = torch.empty(1, self.harmonics, samples).transpose(1, 2)
+        return phases, torch.randn_like(sine_layout, generator=gen)
 
     def forward(self, f0: torch.Tensor, phases: torch.Tensor, noise: torch.Tensor,
                 frames: torch.Tensor | None = None) -> torch.Tensor:

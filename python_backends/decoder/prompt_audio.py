@@ -5,10 +5,12 @@ The CosyVoice prompt mel and the CAM++ speaker embedding are computed from this 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import InvalidInput
-from ..tokenizer.preprocess import validate
+from ..tokenizer.preprocess import duration, mix_down, validate
 from ..settings import DECODER, EditxSettings
 
 
@@ -19,17 +21,16 @@ def prompt_audio(waveform: np.ndarray, sample_rate: int, channels: int,
     Refuses what cannot be a voice prompt: outside the rate / length limits, non-finite,
     shorter than `min_prompt_seconds`, or silent (peak below `min_prompt_peak`)."""
     validate(waveform, sample_rate, channels, settings)
-    audio = waveform.astype(np.float32, copy=False)
-    if channels > 1:
-        audio = audio.reshape(-1, channels).mean(axis=1, dtype=np.float32)
-    seconds = audio.size / sample_rate
-    if seconds < settings.min_prompt_seconds:
-        raise InvalidInput("waveform", f"lasts {seconds:.3f} s",
-                           f"a voice prompt of at least {settings.min_prompt_seconds:g} s")
+    audio = mix_down(waveform, channels)
+    least = math.ceil(settings.min_prompt_seconds * sample_rate)
+    if audio.size < least:
+        raise InvalidInput("waveform", f"lasts {duration(audio.size, sample_rate)}",
+                           f"a voice prompt of at least {settings.min_prompt_seconds:g} s "
+                           f"({least} samples per channel at {sample_rate} Hz)")
     peak = float(np.abs(audio).max())
     if peak < settings.min_prompt_peak:
         raise InvalidInput("waveform", f"is silent (peak {peak:.2e})",
                            f"speech with a peak of at least {settings.min_prompt_peak:g}")
-    if peak > DECODER.prompt_peak_cap:
-        audio = (audio * np.float32(DECODER.prompt_peak_cap / peak)).astype(np.float32)
+    if peak > DECODER.prompt_peak_cap:  # EditX's `prompt_wav / norm * 0.6`, in that order
+        audio = (audio / np.float32(peak) * np.float32(DECODER.prompt_peak_cap)).astype(np.float32)
     return audio

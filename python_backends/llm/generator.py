@@ -13,9 +13,16 @@ the streamed ids therefore always concatenate to the final result.
 
 Failures: a request whose prefill or callback fails ends with that error; the others go on. A
 failed batched decode step ends every sequence of that step, not the generator.
+
+Cancellation: `cancel(key)` (from any thread, no call into the serving process) stops the
+request submitted with that key at the next step; a key cancelled before its request arrives
+is remembered, so that request ends at once. `cancelled()` probes (which may ask the serving
+process) are polled only on requests that have not finished: Triton 2.51 crashes when asked
+about a request whose final response was sent.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import logging
@@ -25,15 +32,18 @@ from typing import Callable, Sequence
 import torch
 
 from .sampling import SamplingParams, final_output, is_finished, next_tokens
-from ..errors import RequestCancelled
+from ..errors import RequestCancelled, Unavailable
 from .step1_model import Step1Model
 
 LOG = logging.getLogger(__name__)
 TokenCallback = Callable[[list], None]
 DoneCallback = Callable[[list | None, BaseException | None], None]
+StepCallback = Callable[[int, int, int], None]  # (active, pending, ids generated in this step)
+# keys cancelled before their request arrived (a cancel can overtake its request): the newest kept
+CANCELLED_KEYS_KEPT = 4096
 
 
-class GeneratorStopped(RuntimeError):
+class GeneratorStopped(Unavailable):
     """The generator was stopped before the request finished."""
 
 
@@ -50,6 +60,8 @@ class _Request:
     held: int | None = None  # the newest id, not streamed until the next one exists
     done: bool = False
     cancelled: Callable[[], bool] | None = None
+    key: str | None = None
+    stop_requested: bool = False  # set by cancel(key), read by the step
 
     def finish(self, result: list | None, error: BaseException | None) -> None:
         self.done = True
@@ -61,7 +73,8 @@ class _Request:
 
 class BatchedGenerator:
     def __init__(self, model: Step1Model, max_active: int = 16, device=None,
-                 prefill_chunk: int = 256, cancel_check_steps: int = 8):
+                 prefill_chunk: int = 256, cancel_check_steps: int = 8,
+                 on_step: StepCallback | None = None):
         if device is not None and torch.device(device) != model.device:
             model = model.to(device)
         self.model = model
@@ -77,25 +90,45 @@ class BatchedGenerator:
         self._step_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._cancelled_keys: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.on_step = on_step
+        self.generated_ids = 0  # ids chosen so far, all requests
 
     # ------------------------------------------------------------------ public API
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams,
                on_token: TokenCallback | None, on_done: DoneCallback,
-               cancelled: Callable[[], bool] | None = None) -> int:
+               cancelled: Callable[[], bool] | None = None, key: str | None = None) -> int:
         """Queue one request; returns its id. Bad input raises `InvalidInput` here.
         `cancelled()` is polled every `cancel_check_steps` steps (and before its prefill); once
-        true the request ends with `RequestCancelled` and frees its slot."""
+        true the request ends with `RequestCancelled` and frees its slot. `key`: the name
+        `cancel(key)` stops it by."""
         prompt = [int(i) for i in prompt_ids]
         params.check_prompt(prompt, self.model.config.vocab_size)
         request = _Request(next(self._ids), prompt, len(prompt), params, on_token, on_done,
-                           params.new_generator(self.model.device), cancelled=cancelled)
+                           params.new_generator(self.model.device), cancelled=cancelled, key=key)
         with self._cond:
             if self._stopping:
                 raise GeneratorStopped("the generator is stopping")
+            if key is not None and self._cancelled_keys.pop(key, False) is None:
+                request.stop_requested = True
             self._pending.append(request)
             self._cond.notify_all()
         return request.rid
+
+    def cancel(self, key: str) -> bool:
+        """Stop the unfinished request submitted with `key` at the next step; True if one was
+        waiting or running. Otherwise the key is remembered for a request still on its way."""
+        with self._cond:
+            found = [r for r in self._pending + self._active if r.key == key and not r.done]
+            for request in found:
+                request.stop_requested = True
+            if not found:
+                self._cancelled_keys[key] = None
+                while len(self._cancelled_keys) > CANCELLED_KEYS_KEPT:
+                    self._cancelled_keys.popitem(last=False)
+            self._cond.notify_all()
+        return bool(found)
 
     def start(self) -> None:
         """Run steps on a background thread whenever requests wait or run."""
@@ -160,9 +193,11 @@ class BatchedGenerator:
         whether there was anything to do."""
         with self._step_lock, torch.inference_mode():
             with self._cond:
+                stopped = [r for r in self._pending if r.stop_requested]
+                waiting = [r for r in self._pending if not r.stop_requested]
                 free = self.max_active - len(self._active)
-                joining, self._pending = self._pending[:free], self._pending[free:]
-            self._cancel(joining, every_step=True)
+                joining, self._pending = waiting[:free], waiting[free:]
+            self._cancel(stopped + joining, every_step=True)
             for request in joining:
                 if not request.done:
                     self._prefill(request)
@@ -183,6 +218,7 @@ class BatchedGenerator:
                     self._cond.wait()
                 if self._stopping:
                     return
+            before = self.generated_ids
             try:
                 self.step()
             except Exception as error:  # a bug in a step: end what it touched, keep serving
@@ -190,19 +226,27 @@ class BatchedGenerator:
                 with self._step_lock:
                     self._fail(self._active, error)
                     self._retire()
+            if self.on_step is not None:
+                try:
+                    self.on_step(len(self._active), len(self._pending), self.generated_ids - before)
+                except Exception:  # noqa: BLE001 - metrics must not stop generation
+                    LOG.exception("on_step failed")
 
     def _cancel(self, requests: list, every_step: bool = False) -> None:
-        """End the requests whose `cancelled()` is true (polled every cancel_check_steps steps:
-        each poll may be a call into the serving process)."""
-        if not every_step and self._steps % self.cancel_check_steps:
-            return
+        """End the unfinished requests that `cancel(key)` stopped (every step) or whose
+        `cancelled()` is true (polled every cancel_check_steps steps: each poll may be a call
+        into the serving process, and must never be made for a finished request)."""
+        poll = every_step or self._steps % self.cancel_check_steps == 0
         for request in requests:
-            try:
-                stop = request.cancelled is not None and request.cancelled()
-            except Exception:  # noqa: BLE001 - a broken probe cancels nothing
-                LOG.exception("cancel check of request %d failed", request.rid)
-                stop = False
-            if stop and not request.done:
+            if request.done:
+                continue
+            stop = request.stop_requested
+            if not stop and poll and request.cancelled is not None:
+                try:
+                    stop = request.cancelled()
+                except Exception:  # noqa: BLE001 - a broken probe cancels nothing
+                    LOG.exception("cancel check of request %d failed", request.rid)
+            if stop:
                 request.finish(None, RequestCancelled(f"request {request.rid} was cancelled"))
 
     def _prefill(self, request: _Request) -> None:
@@ -246,6 +290,7 @@ class BatchedGenerator:
             LOG.exception("sampling of %d sequences failed", len(requests))
             self._fail(requests, error)
             return
+        self.generated_ids += len(tokens)
         for request, token in zip(requests, tokens):
             try:
                 self._append(request, token)

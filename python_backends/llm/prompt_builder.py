@@ -2,6 +2,8 @@
 EditX's `tts.py` builds them (step_audio_internals.md §2.2, §2.4), with the client input checks.
 
 E(s) below is `tokenizer.encode(s)` with special tokens: `<s>` (id 1) first when `inner_bos`.
+Our E encodes every text as text (`TextTokenizer.encode_text`): a "<|EOT|>" or "<audio_5>" the
+client typed is no special id; only the `<audio_N>` run (token_str) is (`encode_with_audio`).
 EditX's tokenizer_config.json leaves LlamaTokenizer's add_bos_token default (True) in place, so
 `inner_bos=True` (EditxSettings' default) is what its code produces: `[1, 4, 1, ▁system, ...]`.
 `inner_bos=False` drops that inner `<s>` from every E(...), the ids the chat-template ports
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 
 import numpy as np
 
@@ -24,6 +27,9 @@ HASH_EDGE_SAMPLES = 1000  # the speaker hash reads the first and last 1000 sampl
 TEXT_FREE_EDITS = ("denoise", "vad")  # instructions without the transcript
 AUDIO_TOKEN = re.compile(r"<audio_(0|[1-9][0-9]{0,3})>")
 AUDIO_TOKENS = re.compile(r"(?:<audio_(?:0|[1-9][0-9]{0,3})>)+")
+BLANK = "is blank (only whitespace or invisible format characters)"
+# the clone system prompt around its audio tokens, the one part of it that is not text
+CLONE_HEAD, CLONE_TAIL = T.CLONE_SYSTEM_TEMPLATE.split("{prompt_wav_tokens}")
 
 
 # --------------------------------------------------------------------------- speaker name
@@ -56,11 +62,24 @@ def speaker_name(prompt_text: str, raw_audio_channel_major: np.ndarray) -> str:
 
 # --------------------------------------------------------------------------- input checks
 
+def is_blank(text: str) -> bool:
+    """Nothing to speak: only whitespace and invisible format characters (Unicode category Cf:
+    U+200B, U+200C, U+200D, U+2060, U+FEFF, ...), or nothing at all."""
+    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in text)
+
+
+def _missing(text: str | None) -> str:
+    """What an edit's blank text is called: nothing at all, or blank."""
+    return BLANK if text else "is empty"
+
+
 def check_text(name: str, text: str, limit: int, setting: str, required: bool = True) -> str:
     """At most `limit` characters (`setting` names the EditxSettings field); not blank when
     `required`."""
-    if required and not text.strip():
+    if required and not text:
         raise InvalidInput(name, "is empty", "non-empty UTF-8 text")
+    if required and is_blank(text):
+        raise InvalidInput(name, BLANK, "text with at least one visible character")
     if len(text) > limit:
         raise InvalidInput(name, f"has {len(text)} characters",
                            f"at most {limit} characters (EditxSettings.{setting})")
@@ -81,24 +100,34 @@ def check_audio_tokens(name: str, token_str: str) -> str:
     return token_str
 
 
-def check_prompt_length(ids: list[int], settings: EditxSettings) -> list[int]:
-    """The LLM generates up to max_length ids in all: the prompt must leave room for one."""
-    if len(ids) >= settings.max_length:
-        raise InvalidInput("token_str", f"makes a prompt of {len(ids)} ids",
-                           f"prompts shorter than max_length {settings.max_length} "
-                           "(a shorter prompt recording or text)")
-    return ids
+def check_prompt_length(tok: TextTokenizer, ids: list[int], settings: EditxSettings,
+                        texts: dict[str, str], token_str: str) -> list[int]:
+    """The LLM generates up to max_length ids in all: the prompt must leave room for one. A too
+    long prompt is blamed on its biggest input (`texts`: the client's texts in it, by input
+    name), with the ids of each part: a text's as it encodes alone, the template's the rest."""
+    if len(ids) < settings.max_length:
+        return ids
+    parts = {name: len(tok.encode_text(text, add_bos=False, first=False))
+             for name, text in texts.items()}
+    parts["token_str"] = len(AUDIO_TOKEN.findall(token_str))
+    biggest = max(parts, key=parts.get)
+    parts["template"] = len(ids) - sum(parts.values())
+    sizes = " + ".join(f"{name} {count} ids" for name, count in parts.items())
+    raise InvalidInput(biggest, f"the prompt ({sizes}) has {len(ids)} ids",
+                       f"a prompt of fewer than max_length {settings.max_length} ids "
+                       "(EditxSettings.max_length)")
 
 
 # --------------------------------------------------------------------------- prompts
 
-def _turns(tok: TextTokenizer, system: str, human: list[int], inner_bos: bool) -> list[int]:
-    """[1] + [4] E(system\\n + system) [3] + [4] E(human\\n) human [3] + [4] E(assistant\\n):
-    the shared frame of both prompts; no EOT after the assistant header."""
+def _turns(tok: TextTokenizer, system: list[int], human: list[int], inner_bos: bool) -> list[int]:
+    """[1] + [4] system [3] + [4] E(human\\n) human [3] + [4] E(assistant\\n), `system` being
+    E(system\\n + the system prompt): the shared frame of both prompts; no EOT after the
+    assistant header."""
     def encode(text: str) -> list[int]:
-        return tok.encode(text, add_bos=inner_bos)
+        return tok.encode_text(text, add_bos=inner_bos)
 
-    return ([LLM.bos_id, LLM.bot_id] + encode(T.SYSTEM_HEADER + system) + [LLM.eot_id]
+    return ([LLM.bos_id, LLM.bot_id] + system + [LLM.eot_id]
             + [LLM.bot_id] + encode(T.HUMAN_HEADER) + human + [LLM.eot_id]
             + [LLM.bot_id] + encode(T.ASSISTANT_HEADER))
 
@@ -108,10 +137,10 @@ def clone_prompt_ids(tok: TextTokenizer, speaker: str, prompt_text: str,
     """EditX `_encode_audio_edit_clone_prompt`: the clone template in the system turn, the target
     text as the human turn. The target text is encoded as E("\\n" + text) minus the first
     len(E("\\n")) ids, which keeps the dummy-prefix "▁" off its first word."""
-    system = T.CLONE_SYSTEM_TEMPLATE.format(speaker=speaker, prompt_text=prompt_text,
-                                            prompt_wav_tokens=prompt_audio_tokens)
-    newline = tok.encode("\n", add_bos=inner_bos)
-    target = tok.encode("\n" + target_text, add_bos=inner_bos)[len(newline):]
+    head = T.SYSTEM_HEADER + CLONE_HEAD.format(speaker=speaker, prompt_text=prompt_text)
+    system = tok.encode_with_audio(head, prompt_audio_tokens, CLONE_TAIL, inner_bos)
+    newline = tok.encode_text("\n", add_bos=inner_bos)
+    target = tok.encode_text("\n" + target_text, add_bos=inner_bos)[len(newline):]
     return _turns(tok, system, target, inner_bos)
 
 
@@ -128,8 +157,8 @@ def edit_instruction(edit_type: str, edit_info: str, text: str, new_text: str | 
                            "empty: this edit type takes no option")
     if edit_type in TEXT_FREE_EDITS:
         return T.DENOISE if edit_type == "denoise" else T.VAD
-    if not text.strip():
-        raise InvalidInput("prompt_text", f"is empty for edit_type {edit_type!r}",
+    if is_blank(text):
+        raise InvalidInput("prompt_text", f"{_missing(text)} for edit_type {edit_type!r}",
                            "the transcript of the audio to edit")
     if edit_type in ("emotion", "speed"):
         return (T.EMOTION_OR_SPEED_REMOVE.format(text=text) if edit_info == T.REMOVE
@@ -137,8 +166,8 @@ def edit_instruction(edit_type: str, edit_info: str, text: str, new_text: str | 
     if edit_type == "style":
         return (T.STYLE_REMOVE.format(text=text) if edit_info == T.REMOVE
                 else T.STYLE.format(info=edit_info, text=text))
-    if not new_text or not new_text.strip():
-        raise InvalidInput("target_text", "is empty for edit_type 'paralinguistic'",
+    if new_text is None or is_blank(new_text):
+        raise InvalidInput("target_text", f"{_missing(new_text)} for edit_type 'paralinguistic'",
                            "the new text, with its non-verbal sound tags")
     return T.PARALINGUISTIC.format(new_text=new_text, text=text)
 
@@ -149,8 +178,18 @@ def edit_prompt_ids(tok: TextTokenizer, edit_type: str, edit_info: str, text: st
     E(instruction + "\\n" + audio tokens (stripped) + "\\n"). `text` is the edited audio's
     transcript, `new_text` the target of a paralinguistic edit (unused by the other types)."""
     instruction = edit_instruction(edit_type, edit_info, text, new_text)
-    human = tok.encode(instruction + "\n" + audio_tokens.strip() + "\n", add_bos=inner_bos)
-    return _turns(tok, T.AUDIO_EDIT_SYSTEM_PROMPT, human, inner_bos)
+    system = tok.encode_text(T.SYSTEM_HEADER + T.AUDIO_EDIT_SYSTEM_PROMPT, add_bos=inner_bos)
+    human = tok.encode_with_audio(instruction + "\n", audio_tokens.strip(), "\n", inner_bos)
+    return _turns(tok, system, human, inner_bos)
+
+
+def _edit_texts(edit_type: str, text: str, new_text: str) -> dict[str, str]:
+    """The client's texts an edit prompt holds, by input name."""
+    if edit_type in TEXT_FREE_EDITS:
+        return {}
+    if edit_type == "paralinguistic":
+        return {"prompt_text": text, "target_text": new_text}
+    return {"prompt_text": text}
 
 
 # --------------------------------------------------------------------------- one request
@@ -165,7 +204,8 @@ def clone_request_ids(tok: TextTokenizer, settings: EditxSettings, prompt_text: 
     check_audio_tokens("token_str", token_str)
     speaker = speaker_name(prompt_text, channel_major(waveform, channels))
     ids = clone_prompt_ids(tok, speaker, prompt_text, token_str, target_text, settings.inner_bos)
-    return check_prompt_length(ids, settings), speaker
+    texts = {"prompt_text": prompt_text, "target_text": target_text}
+    return check_prompt_length(tok, ids, settings, texts, token_str), speaker
 
 
 def edit_request_ids(tok: TextTokenizer, settings: EditxSettings, prompt_text: str,
@@ -179,4 +219,5 @@ def edit_request_ids(tok: TextTokenizer, settings: EditxSettings, prompt_text: s
     check_audio_tokens("token_str", token_str)
     ids = edit_prompt_ids(tok, edit_type, edit_info, prompt_text, token_str, settings.inner_bos,
                           new_text=target_text)
-    return check_prompt_length(ids, settings)
+    texts = _edit_texts(edit_type, prompt_text, target_text)
+    return check_prompt_length(tok, ids, settings, texts, token_str)

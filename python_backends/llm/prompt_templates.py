@@ -70,3 +70,8 @@ EDIT_OPTIONS: dict[str, tuple[str, ...]] = {
     "paralinguistic": (),
     "speed": ("faster", "slower", "more faster", "more slower", "remove"),
 }
+
+# every fixed string of the prompts: TextTokenizer checks that none holds a special piece
+TEXTS = (CLONE_SYSTEM_TEMPLATE, AUDIO_EDIT_SYSTEM_PROMPT, SYSTEM_HEADER, HUMAN_HEADER,
+         ASSISTANT_HEADER, EMOTION_OR_SPEED, EMOTION_OR_SPEED_REMOVE, STYLE, STYLE_REMOVE, DENOISE,
+         VAD, PARALINGUISTIC, *(option for options in EDIT_OPTIONS.values() for option in options))

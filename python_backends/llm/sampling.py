@@ -32,8 +32,10 @@ class SamplingParams:
     drop_last: bool = True
 
     def __post_init__(self):
-        if not self.temperature > 0:
-            raise InvalidInput("temperature", f"is {self.temperature}", "a number > 0")
+        if not LLM.min_temperature <= self.temperature <= LLM.max_temperature:
+            raise InvalidInput("temperature", f"is {self.temperature:g}",
+                               f"a number from {LLM.min_temperature:g} to {LLM.max_temperature:g} "
+                               "(greedy=true for the most likely id)")
         if self.top_k < 0:
             raise InvalidInput("top_k", f"is {self.top_k}", "0 (no filter) or a positive integer")
         if self.max_length < 2:
@@ -58,6 +60,21 @@ class SamplingParams:
     def new_generator(self, device) -> torch.Generator:
         seed = secrets.randbelow(SEED_LIMIT) if self.seed is None else self.seed
         return torch.Generator(device=device).manual_seed(seed)
+
+
+def request_max_length(given: int | None, prompt_length: int, limit: int) -> int:
+    """A request's max_length: `limit` (EditxSettings.max_length) when the client sent none. The
+    client's own value is refused by its name when outside [2, limit] or when it leaves no room
+    after a prompt that would fit under `limit` (a prompt that does not is check_prompt's)."""
+    if given is None:
+        return limit
+    if not 2 <= given <= limit:
+        raise InvalidInput("max_length", f"is {given}",
+                           f"an integer from 2 to {limit} (prompt + generated ids)")
+    if given <= prompt_length < limit:
+        raise InvalidInput("max_length", f"is {given}, but the prompt has {prompt_length} ids",
+                           f"more than the prompt's length ({prompt_length}) and at most {limit}")
+    return given
 
 
 def repetition_banned(ids: Sequence[int]) -> int | None:

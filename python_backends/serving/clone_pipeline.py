@@ -27,7 +27,8 @@ from .engine_client import EngineClient
 from ..errors import InvalidInput, RequestCancelled
 from .triton_io import read_text
 from .prompt_cache import PromptCache, PromptFeatures, prompt_key
-from ..settings import DECODER
+from ..settings import DECODER, EditxSettings
+from ..tokenizer.preprocess import validate
 
 LOG = logging.getLogger("clone")
 
@@ -43,7 +44,9 @@ class CloneRequest:
     generation: dict  # optional llm inputs the client sent: max_length, max_new_tokens, temperature, top_k, greedy
 
 
-def read_clone_request(request) -> CloneRequest:
+def read_clone_request(request, settings: EditxSettings) -> CloneRequest:
+    """The request's inputs, the prompt recording checked (length, rate, finite samples) here,
+    before any copy of it is sent on to another model."""
     io = triton_io
     generation = {}
     for name, dtype in (("max_length", np.int32), ("max_new_tokens", np.int32),
@@ -56,10 +59,12 @@ def read_clone_request(request) -> CloneRequest:
                            "an integer >= 2 for a clone (the last generated id is dropped, as "
                            "the original does)")
     seed = io.read_utterance(request, "seed", np.int64, optional=True)
+    waveform = io.read_utterance(request, "waveform", np.float32)
+    sample_rate = io.read_scalar(request, "sample_rate")
+    channels = io.read_scalar(request, "channels", default=1)
+    validate(waveform, sample_rate, channels, settings)
     return CloneRequest(
-        waveform=io.read_utterance(request, "waveform", np.float32),
-        sample_rate=io.read_scalar(request, "sample_rate"),
-        channels=io.read_scalar(request, "channels", default=1),
+        waveform=waveform, sample_rate=sample_rate, channels=channels,
         prompt_text=read_text(request, "prompt_text"),
         target_text=read_text(request, "target_text"),
         seed=int(seed[0]) if seed is not None else int.from_bytes(os.urandom(7), "little"),
@@ -77,8 +82,12 @@ def _text(value: str | bytes) -> np.ndarray:
 
 
 class ClonePipeline:
-    def __init__(self, cache: PromptCache, client: Callable[[str], EngineClient] = EngineClient):
+    def __init__(self, cache: PromptCache, client: Callable[[str], EngineClient] = EngineClient,
+                 on_stage: Callable[[str, float | bool], None] = lambda stage, value: None):
+        """`on_stage(stage, seconds)` as each stage ends, and ("prompt_cached", hit) once per
+        prompt lookup (metrics)."""
         self.cache = cache
+        self.on_stage = on_stage
         self.models = {name: client(name) for name in
                        ("prompt_encoder", "prompt_builder", "llm_stream", "token2wav")}
 
@@ -134,22 +143,27 @@ class ClonePipeline:
                 raise RequestCancelled(f"clone cancelled before {stage}")
 
         times: dict = {}
+
+        def record(stage: str, value) -> None:
+            times[stage] = value
+            self.on_stage(stage, value)
+
         t = time.perf_counter()
         features, hit = self.prompt_features(req)
-        times["prompt_encoder"] = time.perf_counter() - t
-        times["prompt_cached"] = hit
+        record("prompt_cached", hit)
+        record("prompt_encoder", time.perf_counter() - t)
         check("prompt_builder")
         t = time.perf_counter()
         input_ids = self.llm_ids(req, features)
-        times["prompt_builder"] = time.perf_counter() - t
+        record("prompt_builder", time.perf_counter() - t)
         check("llm_stream")
         t = time.perf_counter()
         generated = self.generate(req, input_ids, cancelled)
-        times["llm"] = time.perf_counter() - t
+        record("llm", time.perf_counter() - t)
         check("token2wav")
         t = time.perf_counter()
         wave = self.decode(req, generated, features)
-        times["token2wav"] = time.perf_counter() - t
+        record("token2wav", time.perf_counter() - t)
         return wave, times
 
 

@@ -17,6 +17,7 @@ another GPU or TensorRT version makes the model fail to load with a message sayi
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -24,9 +25,11 @@ import numpy as np
 
 from ..engines import metadata as engine_metadata
 from .stub import STUB_IPC_LOCK, pb as _pb
-from ..errors import INVALID_INPUT_MESSAGE, ForwardedInvalidInput, RequestCancelled
+from ..errors import (INVALID_INPUT_MESSAGE, UNAVAILABLE_MESSAGE, ForwardedInvalidInput,
+                      RequestCancelled, Unavailable)
 
 ENGINE_PARAMETER = "engine_model"
+SERVER_STOPPING = "Server not ready"  # what a BLS call gets once tritonserver is stopping
 
 
 class EngineError(RuntimeError):
@@ -72,10 +75,10 @@ class EngineClient:
             self._pb = _pb()
         return self._pb
 
-    def _request(self, inputs: Mapping[str, object], outputs: Sequence[str]):
+    def _request(self, inputs: Mapping[str, object], outputs: Sequence[str], request_id: str = ""):
         pb = self.pb
         return pb.InferenceRequest(
-            model_name=self.model_name, requested_output_names=list(outputs),
+            model_name=self.model_name, requested_output_names=list(outputs), request_id=request_id,
             inputs=[to_pb_tensor(pb, name, value) for name, value in inputs.items()])
 
     def _outputs(self, response, outputs: Sequence[str]) -> dict[str, object]:
@@ -85,6 +88,8 @@ class EngineClient:
             coded = codes is not None and hasattr(error, "code") and error.code() == codes.INVALID_ARG
             if coded or INVALID_INPUT_MESSAGE.fullmatch(error.message()):
                 raise ForwardedInvalidInput(error.message())
+            if UNAVAILABLE_MESSAGE.fullmatch(error.message()) or SERVER_STOPPING in error.message():
+                raise Unavailable(f"model '{self.model_name}': {error.message()}")
             raise EngineError(f"model '{self.model_name}' failed: {error.message()}")
         result = {}
         for name in outputs:
@@ -94,12 +99,12 @@ class EngineClient:
             result[name] = from_pb_tensor(tensor)
         return result
 
-    def _submit(self, inputs: Mapping[str, object], outputs: Sequence[str]):
+    def _submit(self, inputs: Mapping[str, object], outputs: Sequence[str], request_id: str = ""):
         """Send the request; its responses arrive through the returned iterator. Only the
         sending holds the stub's IPC lock (stub.STUB_IPC_LOCK), so calls from many
         threads still overlap and meet in the called models' batches."""
         with STUB_IPC_LOCK:
-            return self._request(inputs, outputs).exec(decoupled=True)
+            return self._request(inputs, outputs, request_id).exec(decoupled=True)
 
     def infer(self, inputs: Mapping[str, object], outputs: Sequence[str]) -> dict[str, object]:
         responses = list(self._submit(inputs, outputs))
@@ -110,19 +115,34 @@ class EngineClient:
     def stream(self, inputs: Mapping[str, object], outputs: Sequence[str],
                cancelled: Callable[[], bool] | None = None) -> Iterator[dict[str, object]]:
         """A decoupled model's responses, each with the outputs it carries (an empty final
-        response yields nothing). When `cancelled()` turns true between responses, the call
-        is cancelled (the called model sees it) and RequestCancelled raised."""
-        responses = self._submit(inputs, outputs)
+        response yields nothing). When `cancelled()` turns true between responses, the called
+        model is told to stop this request, its remaining responses are read and dropped, and
+        RequestCancelled is raised.
+
+        Triton 2.51's BLS has no cancel (`ResponseIterator.cancel` is missing), so the call
+        carries a fresh request id and the stop is a second request to the same model whose
+        `cancel` input names it (llm_stream reads it; see its config)."""
+        request_id = uuid.uuid4().hex
+        responses = self._submit(inputs, outputs, request_id)
         for response in responses:
             if cancelled is not None and cancelled():
-                with STUB_IPC_LOCK:
-                    responses.cancel()
+                self._stop(request_id)
+                for last in responses:  # the stopped request's last ids, up to its error (2.51
+                    if last.has_error():  # may not deliver the empty final one after it)
+                        break
                 raise RequestCancelled(f"cancelled while '{self.model_name}' was answering")
             if response.has_error():
                 self._outputs(response, outputs)
             present = [n for n in outputs if self.pb.get_output_tensor_by_name(response, n) is not None]
             if present:
                 yield self._outputs(response, present)
+
+
+    def _stop(self, request_id: str) -> None:
+        """Ask the model to stop the request sent with `request_id` (its `cancel` input)."""
+        for response in self._submit({"cancel": np.array([[request_id.encode()]], dtype=np.object_)}, []):
+            if response.has_error():
+                self._outputs(response, [])
 
 
 def engine_model_name(args: Mapping) -> str | None:

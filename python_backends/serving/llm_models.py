@@ -8,18 +8,21 @@ stream=false all ids in one final response. `llm` (HTTP / unary gRPC) forwards e
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
-from . import triton_io
-from . import stub
+from . import stub, triton_io
 from .engine_client import EngineClient
-from ..errors import InvalidInput
+from ..errors import EXPECTED_OUTCOMES, InvalidInput, Unavailable, outcome
 from ..llm.generator import BatchedGenerator
-from ..llm.sampling import SamplingParams
+from ..llm.sampling import SamplingParams, request_max_length
 from ..llm.step1_model import load_step1
 from ..settings import LLM, EditxSettings
 from .model_config import load_editx_settings
+from .metrics import ModelMetrics
+from .shutdown import watch_abort
 from .threaded_responder import ThreadedResponder
 
 GENERATION_INPUTS = (("max_length", np.int32), ("max_new_tokens", np.int32),
@@ -38,10 +41,8 @@ def _optional_scalar(request, name: str, dtype):
 
 def read_sampling(request, settings: EditxSettings, prompt_length: int) -> SamplingParams:
     given = {name: _optional_scalar(request, name, dtype) for name, dtype in GENERATION_INPUTS}
-    max_length = settings.max_length if given["max_length"] is None else int(given["max_length"])
-    if not 2 <= max_length <= settings.max_length:
-        raise InvalidInput("max_length", f"is {max_length}",
-                           f"an integer from 2 to {settings.max_length} (prompt + generated ids)")
+    max_length = request_max_length(None if given["max_length"] is None else int(given["max_length"]),
+                                    prompt_length, settings.max_length)
     if given["max_new_tokens"] is not None:
         if int(given["max_new_tokens"]) < 1:
             raise InvalidInput("max_new_tokens", f"is {given['max_new_tokens']}", "an integer >= 1")
@@ -58,6 +59,49 @@ def _ids_tensor(ids) -> object:
     return triton_io.tensor("output_ids", np.asarray(ids, dtype=np.int32))
 
 
+class _Stream:
+    """One llm_stream request's sender: sends from the generator thread and the execute thread
+    under the IPC lock, exactly one final response, and no cancellation probe after it."""
+
+    def __init__(self, request, metrics: ModelMetrics):
+        self.metrics = metrics
+        self.started = time.perf_counter()
+        self.final_sent = False
+        with stub.STUB_IPC_LOCK:
+            self.sender = request.get_response_sender()
+
+    def send(self, response=None, final: bool = False) -> None:
+        pb = stub.pb()
+        with stub.STUB_IPC_LOCK:
+            if self.final_sent:
+                return
+            self.final_sent = final
+            self.sender.send(response, flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0)
+
+    def is_cancelled(self) -> bool:
+        with stub.STUB_IPC_LOCK:
+            return not self.final_sent and bool(self.sender.is_cancelled())
+
+    def fail(self, error: BaseException) -> None:
+        """The error as its own response, then an empty final one: a BLS caller's stream on
+        2.51 never ends when the final response carries the error."""
+        if not isinstance(error, EXPECTED_OUTCOMES):
+            stub.log_internal(error)
+        self.send(triton_io.error_response(error))
+        self.send(final=True)
+        self.metrics.answered(outcome(error), time.perf_counter() - self.started)
+
+
+def _cancel_key(request) -> str | None:
+    """The request id named by the `cancel` input, None when the request has none."""
+    if stub.pb().get_input_tensor_by_name(request, "cancel") is None:
+        return None
+    key = triton_io.read_text(request, "cancel")
+    if not key:
+        raise InvalidInput("cancel", "is empty", "the request id of a generation to stop")
+    return key
+
+
 class LlmStreamModel:
     """model_repository/llm_stream."""
 
@@ -66,45 +110,62 @@ class LlmStreamModel:
         self.settings.apply_threads()
         dtype = getattr(torch, self.settings.dtype)
         model = load_step1(self.settings.llm_dir, device=self.settings.device, dtype=dtype)
+        self.metrics = ModelMetrics.in_stub(args["model_name"])
         self.generator = BatchedGenerator(model, max_active=self.settings.max_active_sequences)
         self.generator.generate([[LLM.bos_id, LLM.bot_id]], [SamplingParams(greedy=True, max_length=4)])
+        self.generator.on_step = self._report_step
+        self._report_step(0, 0, 0)
+        self.stopped = False
         self.generator.start()
+        watch_abort(self._abort, args["model_name"])
+
+    def _abort(self) -> None:
+        """serve.py's drain time is over: every sequence ends UNAVAILABLE, new ones too."""
+        self.stopped = True
+        self.generator.stop()
+        self._report_step(0, 0, 0)
+
+    def _report_step(self, active: int, pending: int, generated: int) -> None:
+        self.metrics.set("step_audio_llm_sequences", active, state="active")
+        self.metrics.set("step_audio_llm_sequences", pending, state="pending")
+        self.metrics.add("step_audio_llm_generated_ids_total", generated)
 
     def _submit(self, request) -> None:
         pb = stub.pb()
-        with stub.STUB_IPC_LOCK:
-            sender = request.get_response_sender()
-        final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        out = _Stream(request, self.metrics)
+        accepted = False
         try:
+            key = _cancel_key(request)
+            if key is not None:  # a stop for another request (EngineClient.stream), not a generation
+                self.generator.cancel(key)
+                out.send(final=True)
+                return
+            self.metrics.accepted()
+            accepted = True
+            if self.stopped:
+                raise Unavailable("the server is shutting down; the LLM has stopped")
             prompt = triton_io.read_utterance(request, "input_ids", np.int64)
             params = read_sampling(request, self.settings, prompt.size)
             stream = _optional_scalar(request, "stream", np.bool_)
             stream = True if stream is None else bool(stream)
 
-            def send(response=None, flags=0):
-                with stub.STUB_IPC_LOCK:  # the generator thread sends too
-                    sender.send(response, flags=flags)
-
             def on_token(ids):
-                send(pb.InferenceResponse(output_tensors=[_ids_tensor(ids)]))
+                out.send(pb.InferenceResponse(output_tensors=[_ids_tensor(ids)]))
 
             def on_done(ids, error):
                 if error is not None:
-                    if not isinstance(error, InvalidInput):
-                        stub.log_internal(error)
-                    send(triton_io.error_response(error), final)
-                elif stream:
-                    send(flags=final)
-                else:
-                    send(pb.InferenceResponse(output_tensors=[_ids_tensor(ids)]), final)
+                    out.fail(error)
+                    return
+                out.send(None if stream else pb.InferenceResponse(output_tensors=[_ids_tensor(ids)]),
+                         final=True)
+                self.metrics.answered("success", time.perf_counter() - out.started)
 
             self.generator.submit(prompt.tolist(), params, on_token if stream else None, on_done,
-                                  cancelled=lambda: stub.is_cancelled(sender))
+                                  cancelled=out.is_cancelled, key=request.request_id() or None)
         except Exception as exc:  # noqa: BLE001 - bad input or a stopped generator: this request only
-            if not isinstance(exc, InvalidInput):
-                stub.log_internal(exc)
-            with stub.STUB_IPC_LOCK:
-                sender.send(triton_io.error_response(exc), flags=final)
+            if not accepted:
+                self.metrics.accepted()  # fail() counts it answered
+            out.fail(exc)
 
     def execute(self, requests):
         for request in requests:
@@ -122,9 +183,9 @@ class LlmModel:
         self.settings = load_editx_settings(args)
         self.engine = EngineClient("llm_stream")
         self.responder = ThreadedResponder(max_workers=max(4, 2 * self.settings.max_active_sequences),
-                                           name="llm")
+                                           name="llm", metrics=ModelMetrics.in_stub(args["model_name"]))
 
-    def _handle(self, request, sender):
+    def _handle(self, request, answer):
         # streamed from llm_stream, so a cancelled request is noticed between ids
         inputs = {"input_ids": triton_io.read_utterance(request, "input_ids", np.int32)[None],
                   "stream": np.array([[True]])}
@@ -132,8 +193,7 @@ class LlmModel:
             values = triton_io.read_utterance(request, name, dtype, optional=True)
             if values is not None:
                 inputs[name] = values[None]
-        responses = list(self.engine.stream(inputs, ["output_ids"],
-                                            cancelled=lambda: stub.is_cancelled(request)))
+        responses = list(self.engine.stream(inputs, ["output_ids"], cancelled=answer.is_cancelled))
         ids = np.concatenate([r["output_ids"][0] for r in responses]) if responses else np.zeros(0, np.int32)
         return [_ids_tensor(ids)]
 

@@ -37,3 +37,11 @@ def log_internal(exc: BaseException) -> None:
             pb().Logger.log_error(text)
     except Exception:  # outside the stub, or a stub without Logger
         print(text, file=sys.stderr, flush=True)
+
+
+def log_warning(text: str) -> None:
+    try:
+        with STUB_IPC_LOCK:
+            pb().Logger.log_warn(text)
+    except Exception:  # outside the stub
+        print(text, file=sys.stderr, flush=True)

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import InvalidInput
+from ..errors import EXPECTED_OUTCOMES, InvalidInput, RequestCancelled, Unavailable
 from .stub import log_internal, pb
 
 # --------------------------------------------------------------------------- reading inputs
@@ -86,12 +86,17 @@ def bytes_tensor(name: str, text: str):
 
 
 def error_response(exc: BaseException):
-    """Client input errors → INVALID_ARG with the InvalidInput message; anything else → INTERNAL."""
+    """Client input errors → INVALID_ARG with the InvalidInput message; a cancelled request →
+    CANCELLED; a draining or stopping server → UNAVAILABLE; anything else → INTERNAL."""
     utils = pb()
+    codes = utils.TritonError
     if isinstance(exc, InvalidInput):
-        return utils.InferenceResponse(error=utils.TritonError(str(exc), utils.TritonError.INVALID_ARG))
-    return utils.InferenceResponse(error=utils.TritonError(
-        f"internal error: {type(exc).__name__}: {exc}", utils.TritonError.INTERNAL))
+        return utils.InferenceResponse(error=codes(str(exc), codes.INVALID_ARG))
+    if isinstance(exc, RequestCancelled):
+        return utils.InferenceResponse(error=codes(f"cancelled: {exc}", codes.INTERNAL))
+    if isinstance(exc, Unavailable):
+        return utils.InferenceResponse(error=codes(str(exc), codes.UNAVAILABLE))
+    return utils.InferenceResponse(error=codes(f"internal error: {type(exc).__name__}: {exc}", codes.INTERNAL))
 
 
 def respond_each(requests: Sequence, handle: Callable) -> list:
@@ -102,7 +107,7 @@ def respond_each(requests: Sequence, handle: Callable) -> list:
         try:
             responses.append(pb().InferenceResponse(output_tensors=handle(request)))
         except Exception as exc:  # noqa: BLE001 - every failure becomes that request's response
-            if not isinstance(exc, InvalidInput):
+            if not isinstance(exc, EXPECTED_OUTCOMES):
                 log_internal(exc)
             responses.append(error_response(exc))
     return responses
@@ -123,7 +128,7 @@ def respond_batched(requests: Sequence, parse: Callable, run: Callable, outputs:
             items.append(parse(request))
             slots.append(i)
         except Exception as exc:  # noqa: BLE001
-            if not isinstance(exc, InvalidInput):
+            if not isinstance(exc, EXPECTED_OUTCOMES):
                 log_internal(exc)
             responses[i] = error_response(exc)
     if items:
@@ -132,7 +137,7 @@ def respond_batched(requests: Sequence, parse: Callable, run: Callable, outputs:
             if len(results) != len(items):
                 raise RuntimeError(f"got {len(results)} results for {len(items)} requests")
         except Exception as exc:  # noqa: BLE001
-            if not isinstance(exc, InvalidInput):
+            if not isinstance(exc, EXPECTED_OUTCOMES):
                 log_internal(exc)
             for i in slots:
                 responses[i] = error_response(exc)

@@ -12,7 +12,7 @@ import librosa
 import numpy as np
 
 from ..errors import InvalidInput
-from .resample import resample
+from .resample import TRANSFORM, resample  # Step-Audio's tokenizer: transforms.Resample
 from ..settings import ALGORITHM as A, TokenizerSettings
 
 
@@ -33,12 +33,34 @@ def validate(waveform: np.ndarray, sample_rate: int, channels: int,
     if waveform.size % channels:
         raise InvalidInput("waveform", f"holds {waveform.size} samples, not a multiple of {channels} channels",
                            "interleaved frames of `channels` samples")
-    seconds = waveform.size / channels / sample_rate
-    if seconds > settings.max_audio_seconds:
-        raise InvalidInput("waveform", f"lasts {seconds:.2f} s",
-                           f"at most {settings.max_audio_seconds:g} s of audio")
+    frames, most = waveform.size // channels, math.floor(settings.max_audio_seconds * sample_rate)
+    if frames > most:
+        raise InvalidInput("waveform", f"lasts {duration(frames, sample_rate)}",
+                           f"at most {settings.max_audio_seconds:g} s of audio "
+                           f"({most} samples per channel at {sample_rate} Hz)")
     if not np.isfinite(waveform).all():
         raise InvalidInput("waveform", "contains NaN or Inf", "finite float32 samples")
+
+
+def duration(frames: int, sample_rate: int) -> str:
+    """`frames` as seconds with the digits that tell them from a limit one sample away (a
+    rounded "30.00 s" looks allowed), and as the sample count."""
+    return f"{frames / sample_rate:.15g} s ({frames} samples per channel at {sample_rate} Hz)"
+
+
+def mix_down(waveform: np.ndarray, channels: int) -> np.ndarray:
+    """Interleaved float32 frames → their float32 channel mean, summed in float32 as the
+    original's torch mean does. Finite samples near ±3.4e38 overflow that sum: then it is taken
+    in float64, whose mean always fits float32 again."""
+    audio = waveform.astype(np.float32, copy=False)
+    if channels == 1:
+        return audio
+    frames = audio.reshape(-1, channels)
+    with np.errstate(over="ignore"):
+        mono = frames.mean(axis=1, dtype=np.float32)
+    if np.isfinite(mono).all():
+        return mono
+    return frames.mean(axis=1, dtype=np.float64).astype(np.float32)
 
 
 def peak_normalise(audio: np.ndarray) -> np.ndarray:
@@ -64,10 +86,8 @@ def preprocess(waveform: np.ndarray, sample_rate: int, settings: TokenizerSettin
                channels: int = 1) -> np.ndarray:
     """Interleaved float32 samples at `sample_rate` → float32 16 kHz mono, normalised, trimmed."""
     validate(waveform, sample_rate, channels, settings)
-    audio = waveform.astype(np.float32, copy=False)
-    if channels > 1:
-        audio = audio.reshape(-1, channels).mean(axis=1, dtype=np.float32)
-    return trim_silence(peak_normalise(resample(tame(audio), sample_rate, A.sample_rate)))
+    audio = mix_down(waveform, channels)
+    return trim_silence(peak_normalise(resample(tame(audio), sample_rate, A.sample_rate, TRANSFORM)))
 
 
 def tame(audio: np.ndarray) -> np.ndarray:

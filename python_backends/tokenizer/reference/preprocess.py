@@ -8,14 +8,14 @@ import librosa
 import numpy as np
 import torch
 
-from ..resample import resample
+from ..resample import TRANSFORM, resample
 
 
 def reference_preprocess(waveform: np.ndarray, sample_rate: int, channels: int = 1) -> np.ndarray:
     wav = torch.from_numpy(np.asarray(waveform, np.float32).reshape(-1, channels).T.copy())
     wav = wav.mean(dim=0, keepdim=True)  # torchaudio.load layout [C, N] → mono
     if sample_rate != 16000:
-        wav = torch.from_numpy(resample(wav.numpy(), sample_rate, 16000))
+        wav = torch.from_numpy(resample(wav.numpy(), sample_rate, 16000, TRANSFORM))
     wav = wav / torch.clamp(wav.abs().max(), min=0.01) * 0.999  # energy_norm_fn
     audio = wav[0].numpy()
     _, (s, e) = librosa.effects.trim(audio, top_db=20, frame_length=512, hop_length=128)
