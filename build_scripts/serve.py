@@ -142,7 +142,7 @@ class TritonServer:
                  metrics_port: int = 0, address: str = "0.0.0.0", log_file: str | Path | None = None,
                  tritonserver: str | Path | None = None, startup_timeout: float = 600.0,
                  extra_args: tuple[str, ...] = (), drain_seconds: float = 30.0,
-                 exit_timeout_seconds: int = 30, http_guard: bool = True,
+                 exit_timeout_seconds: int = 10, http_guard: bool = True,
                  max_input_mib: int = 256, max_body_mib: int = 512):
         self.repo = Path(repo).resolve()
         self.requested_ports = (http_port, grpc_port, metrics_port)

@@ -130,7 +130,7 @@ class Chaos:
              r"StatusCode.INVALID_ARGUMENT input 'temperature': "),
             ("abandoned_clone", lambda: self._clone(
                 {"max_new_tokens": np.array([[ABANDONED_NEW_TOKENS]], np.int32)}, DEADLINE_S),
-             r"StatusCode.DEADLINE_EXCEEDED"),
+             r"StatusCode.(DEADLINE_EXCEEDED|CANCELLED)"),
             ("huge_declared_shape", self.huge_declared_shape, r"HTTP 400 input 'waveform': declares shape"),
             ("prompt_too_long", lambda: self._clone({"waveform": long_prompt,
                                                      "sample_rate": np.array([[16000]], np.int32)}),

@@ -34,6 +34,7 @@ class RequestCancelled(RuntimeError):
 
 
 UNAVAILABLE_MESSAGE = re.compile(r"(in ensemble '[^']+', )?unavailable: .+", re.S)
+CANCELLED_MESSAGE = re.compile(r"(in ensemble '[^']+', )?cancelled: .+", re.S)
 
 
 class Unavailable(RuntimeError):

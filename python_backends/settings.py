@@ -213,3 +213,6 @@ class EditxSettings(DeploymentSettings):
 # serve.py names, in the server's environment, a file it creates when it begins to drain: the
 # entry-point models (clone, clone_stream, llm) then answer new requests UNAVAILABLE
 DRAIN_FILE_ENV = "STEP_AUDIO_DRAIN_FILE"
+# llm_stream's output that carries a failure's message in its final response, for BLS callers
+# (model_repository/llm_stream/config.pbtxt.template)
+LLM_ERROR_OUTPUT = "error"

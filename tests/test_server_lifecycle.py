@@ -34,6 +34,11 @@ TARGET_TEXT = "Hello, this is a cloned voice."
 SHORT = 31
 ABANDONED_NEW_TOKENS = 3000  # ~16 s of a core for the tiny LLM: far longer than any deadline
 DEADLINE_S = 1.0
+GAVE_UP = {"StatusCode.DEADLINE_EXCEEDED Deadline Exceeded",
+           "StatusCode.CANCELLED cancelled: clone cancelled before token2wav",
+           "StatusCode.CANCELLED cancelled: cancelled while 'llm_stream' was answering",
+           "StatusCode.CANCELLED cancelled: clone cancelled before prompt_builder",
+           "StatusCode.CANCELLED cancelled: clone cancelled before llm_stream"}
 
 
 # ------------------------------------------------------------------ helpers
@@ -208,7 +213,8 @@ def test_abandoned_clones_stop_the_llm_and_leave_no_trace(triton_server, voice):
 
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         outcomes = list(pool.map(abandon, range(20)))
-    assert outcomes == ["StatusCode.DEADLINE_EXCEEDED Deadline Exceeded"] * 20
+    # the client's own timer, or the server's answer to the deadline it was told, comes first
+    assert set(outcomes) <= GAVE_UP, outcomes
     assert wait_for(lambda: llm_sequences(triton_server) == 0, 10.0), metrics(triton_server)
 
     def settled():
@@ -242,7 +248,7 @@ def test_metrics_count_what_the_clients_got(triton_server, voice):
     for i in range(3):
         assert status_of(lambda: client.infer("clone", infer_inputs(grpcclient, clone_arrays(
             voice, seed=i, max_new_tokens=ABANDONED_NEW_TOKENS)), client_timeout=DEADLINE_S)
-        ) == "StatusCode.DEADLINE_EXCEEDED Deadline Exceeded"
+        ) in GAVE_UP
     client.close()
     assert wait_for(lambda: metric(metrics(triton_server), "step_audio_requests_in_flight",
                                    model="clone") == 0, 30.0)
@@ -270,7 +276,7 @@ def test_a_cancelled_llm_stream_stops_generating(triton_server):
     assert wait_for(lambda: len(got) >= 3, 60.0)
     client.stop_stream(cancel_requests=True)
     client.close()
-    assert wait_for(lambda: llm_sequences(triton_server) == 0, 10.0)
+    assert wait_for(lambda: llm_sequences(triton_server) == 0, 30.0), metrics(triton_server)
 
 
 # ------------------------------------------------------------------ 4. one new voice, many clients

@@ -27,7 +27,7 @@ from .engine_client import EngineClient
 from ..errors import InvalidInput, RequestCancelled
 from .triton_io import read_text
 from .prompt_cache import PromptCache, PromptFeatures, prompt_key
-from ..settings import DECODER, EditxSettings
+from ..settings import DECODER, LLM_ERROR_OUTPUT, EditxSettings
 from ..tokenizer.preprocess import validate
 
 LOG = logging.getLogger("clone")
@@ -117,8 +117,8 @@ class ClonePipeline:
         inputs = {"input_ids": _batched(input_ids.astype(np.int32)),
                   "seed": _batched(np.int64(req.seed)), "stream": _batched(np.bool_(True))}
         inputs.update({k: _batched(v[:1]) for k, v in req.generation.items()})
-        chunks = [r["output_ids"][0] for r in
-                  self.models["llm_stream"].stream(inputs, ["output_ids"], cancelled)]
+        chunks = [r["output_ids"][0] for r in self.models["llm_stream"].stream(
+            inputs, ["output_ids"], cancelled, error_output=LLM_ERROR_OUTPUT)]
         return np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
 
     def decode(self, req: CloneRequest, generated: np.ndarray, features: PromptFeatures) -> np.ndarray:

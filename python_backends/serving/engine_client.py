@@ -25,8 +25,8 @@ import numpy as np
 
 from ..engines import metadata as engine_metadata
 from .stub import STUB_IPC_LOCK, pb as _pb
-from ..errors import (INVALID_INPUT_MESSAGE, UNAVAILABLE_MESSAGE, ForwardedInvalidInput,
-                      RequestCancelled, Unavailable)
+from ..errors import (CANCELLED_MESSAGE, INVALID_INPUT_MESSAGE, UNAVAILABLE_MESSAGE,
+                      ForwardedInvalidInput, RequestCancelled, Unavailable)
 
 ENGINE_PARAMETER = "engine_model"
 SERVER_STOPPING = "Server not ready"  # what a BLS call gets once tritonserver is stopping
@@ -81,16 +81,23 @@ class EngineClient:
             model_name=self.model_name, requested_output_names=list(outputs), request_id=request_id,
             inputs=[to_pb_tensor(pb, name, value) for name, value in inputs.items()])
 
+    def _raise(self, message: str, invalid_input: bool = False) -> None:
+        """The called model's failure as ours: its input error as the client's, a stopping
+        server as UNAVAILABLE, a cancelled call as RequestCancelled, else EngineError."""
+        if invalid_input or INVALID_INPUT_MESSAGE.fullmatch(message):
+            raise ForwardedInvalidInput(message)
+        if UNAVAILABLE_MESSAGE.fullmatch(message) or SERVER_STOPPING in message:
+            raise Unavailable(f"model '{self.model_name}': {message}")
+        if CANCELLED_MESSAGE.fullmatch(message):
+            raise RequestCancelled(f"model '{self.model_name}': {message}")
+        raise EngineError(f"model '{self.model_name}' failed: {message}")
+
     def _outputs(self, response, outputs: Sequence[str]) -> dict[str, object]:
         if response.has_error():
             error = response.error()
             codes = getattr(self.pb, "TritonError", None)
             coded = codes is not None and hasattr(error, "code") and error.code() == codes.INVALID_ARG
-            if coded or INVALID_INPUT_MESSAGE.fullmatch(error.message()):
-                raise ForwardedInvalidInput(error.message())
-            if UNAVAILABLE_MESSAGE.fullmatch(error.message()) or SERVER_STOPPING in error.message():
-                raise Unavailable(f"model '{self.model_name}': {error.message()}")
-            raise EngineError(f"model '{self.model_name}' failed: {error.message()}")
+            self._raise(error.message(), coded)
         result = {}
         for name in outputs:
             tensor = self.pb.get_output_tensor_by_name(response, name)
@@ -113,7 +120,8 @@ class EngineClient:
         return self._outputs(responses[0], outputs)
 
     def stream(self, inputs: Mapping[str, object], outputs: Sequence[str],
-               cancelled: Callable[[], bool] | None = None) -> Iterator[dict[str, object]]:
+               cancelled: Callable[[], bool] | None = None, error_output: str | None = None
+               ) -> Iterator[dict[str, object]]:
         """A decoupled model's responses, each with the outputs it carries (an empty final
         response yields nothing). When `cancelled()` turns true between responses, the called
         model is told to stop this request, its remaining responses are read and dropped, and
@@ -121,22 +129,38 @@ class EngineClient:
 
         Triton 2.51's BLS has no cancel (`ResponseIterator.cancel` is missing), so the call
         carries a fresh request id and the stop is a second request to the same model whose
-        `cancel` input names it (llm_stream reads it; see its config)."""
+        `cancel` input names it (llm_stream reads it; see its config).
+
+        `error_output`: an output of the called model that carries a failure's message in its
+        final response (2.51 loses a BLS stream's error responses that follow data)."""
         request_id = uuid.uuid4().hex
-        responses = self._submit(inputs, outputs, request_id)
+        asked = list(outputs) + ([error_output] if error_output else [])
+        responses = self._submit(inputs, asked, request_id)
         for response in responses:
             if cancelled is not None and cancelled():
                 self._stop(request_id)
-                for last in responses:  # the stopped request's last ids, up to its error (2.51
-                    if last.has_error():  # may not deliver the empty final one after it)
+                for last in responses:  # the stopped request's last responses
+                    if last.has_error() or self._error_in(last, error_output):
                         break
                 raise RequestCancelled(f"cancelled while '{self.model_name}' was answering")
             if response.has_error():
                 self._outputs(response, outputs)
+            message = self._error_in(response, error_output)
+            if message is not None:
+                self._raise(message)
             present = [n for n in outputs if self.pb.get_output_tensor_by_name(response, n) is not None]
             if present:
                 yield self._outputs(response, present)
 
+
+    def _error_in(self, response, error_output: str | None) -> str | None:
+        if error_output is None:
+            return None
+        tensor = self.pb.get_output_tensor_by_name(response, error_output)
+        if tensor is None:
+            return None
+        value = tensor.as_numpy().reshape(-1)[0]
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
     def _stop(self, request_id: str) -> None:
         """Ask the model to stop the request sent with `request_id` (its `cancel` input)."""

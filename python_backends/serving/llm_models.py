@@ -19,7 +19,7 @@ from ..errors import EXPECTED_OUTCOMES, InvalidInput, Unavailable, outcome
 from ..llm.generator import BatchedGenerator
 from ..llm.sampling import SamplingParams, request_max_length
 from ..llm.step1_model import load_step1
-from ..settings import LLM, EditxSettings
+from ..settings import LLM, LLM_ERROR_OUTPUT, EditxSettings
 from .model_config import load_editx_settings
 from .metrics import ModelMetrics
 from .shutdown import watch_abort
@@ -69,6 +69,7 @@ class _Stream:
         self.final_sent = False
         with stub.STUB_IPC_LOCK:
             self.sender = request.get_response_sender()
+            self.wants_error_output = LLM_ERROR_OUTPUT in request.requested_output_names()
 
     def send(self, response=None, final: bool = False) -> None:
         pb = stub.pb()
@@ -83,12 +84,18 @@ class _Stream:
             return not self.final_sent and bool(self.sender.is_cancelled())
 
     def fail(self, error: BaseException) -> None:
-        """The error as its own response, then an empty final one: a BLS caller's stream on
-        2.51 never ends when the final response carries the error."""
+        """The error as its own response, then the final one, which carries the message as the
+        `error` output when the caller asked for it. Triton 2.51 loses a BLS stream's error
+        responses that follow streamed ids, and never ends one whose final response is an
+        error: a BLS caller (EngineClient.stream) reads the `error` output instead."""
         if not isinstance(error, EXPECTED_OUTCOMES):
             stub.log_internal(error)
         self.send(triton_io.error_response(error))
-        self.send(final=True)
+        final = None
+        if self.wants_error_output:
+            final = stub.pb().InferenceResponse(output_tensors=[
+                triton_io.bytes_tensor(LLM_ERROR_OUTPUT, triton_io.error_message(error))])
+        self.send(final, final=True)
         self.metrics.answered(outcome(error), time.perf_counter() - self.started)
 
 
@@ -193,7 +200,8 @@ class LlmModel:
             values = triton_io.read_utterance(request, name, dtype, optional=True)
             if values is not None:
                 inputs[name] = values[None]
-        responses = list(self.engine.stream(inputs, ["output_ids"], cancelled=answer.is_cancelled))
+        responses = list(self.engine.stream(inputs, ["output_ids"], cancelled=answer.is_cancelled,
+                                            error_output=LLM_ERROR_OUTPUT))
         ids = np.concatenate([r["output_ids"][0] for r in responses]) if responses else np.zeros(0, np.int32)
         return [_ids_tensor(ids)]
 

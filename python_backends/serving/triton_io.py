@@ -85,18 +85,25 @@ def bytes_tensor(name: str, text: str):
     return pb().Tensor(name, np.array([[text.encode("utf-8")]], dtype=np.object_))
 
 
+def error_message(exc: BaseException) -> str:
+    """What the client reads: the InvalidInput / Unavailable message, "cancelled: …" or
+    "internal error: …" (the forms EngineClient recognises in a called model's answer)."""
+    if isinstance(exc, (InvalidInput, Unavailable)):
+        return str(exc)
+    if isinstance(exc, RequestCancelled):
+        return f"cancelled: {exc}"
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
 def error_response(exc: BaseException):
-    """Client input errors → INVALID_ARG with the InvalidInput message; a cancelled request →
-    CANCELLED; a draining or stopping server → UNAVAILABLE; anything else → INTERNAL."""
+    """Client input errors → INVALID_ARG; a cancelled request → CANCELLED; a draining or
+    stopping server → UNAVAILABLE; anything else → INTERNAL."""
     utils = pb()
     codes = utils.TritonError
-    if isinstance(exc, InvalidInput):
-        return utils.InferenceResponse(error=codes(str(exc), codes.INVALID_ARG))
-    if isinstance(exc, RequestCancelled):
-        return utils.InferenceResponse(error=codes(f"cancelled: {exc}", codes.INTERNAL))
-    if isinstance(exc, Unavailable):
-        return utils.InferenceResponse(error=codes(str(exc), codes.UNAVAILABLE))
-    return utils.InferenceResponse(error=codes(f"internal error: {type(exc).__name__}: {exc}", codes.INTERNAL))
+    code = (codes.INVALID_ARG if isinstance(exc, InvalidInput)
+            else getattr(codes, "CANCELLED", codes.INTERNAL) if isinstance(exc, RequestCancelled)
+            else codes.UNAVAILABLE if isinstance(exc, Unavailable) else codes.INTERNAL)
+    return utils.InferenceResponse(error=codes(error_message(exc), code))
 
 
 def respond_each(requests: Sequence, handle: Callable) -> list:
