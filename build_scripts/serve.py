@@ -329,17 +329,15 @@ class TritonServer:
         proc, self.process = self.process, None
         if proc is None:
             return None
-        if proc.poll() is None and not graceful:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # graceful: unloads models, stops the stubs
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
+            if graceful:
+                proc.send_signal(signal.SIGINT)  # unloads models, stops the stubs
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout)
+            with contextlib.suppress(ProcessLookupError):
+                if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            proc.wait()
         self._reap(proc.pid)
         if self._guard is not None:
             self._guard.stop()

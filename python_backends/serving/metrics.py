@@ -14,12 +14,11 @@ nothing true about those models. These say what each client got:
 - `step_audio_llm_generated_ids_total{model}`: ids the LLM chose;
 - `clone_prompt_cache_hits` / `clone_prompt_cache_misses{model}`: one per prompt lookup.
 
-Every call into the stub holds stub.STUB_IPC_LOCK. Without the stub (unit tests) they count
-into `values` only.
+Every call into the stub holds stub.STUB_IPC_LOCK. Without the stub (`pb` None) nothing is
+recorded.
 """
 from __future__ import annotations
 
-import collections
 import threading
 
 from . import stub
@@ -39,7 +38,7 @@ FAMILIES = {
 
 
 class ModelMetrics:
-    """One model's metrics (label `model`); `pb` None: counted in `values` only."""
+    """One model's metrics (label `model`); `pb` None: none are recorded."""
 
     def __init__(self, model: str, pb=None):
         self.model = model
@@ -47,7 +46,6 @@ class ModelMetrics:
         self._families: dict = {}
         self._metrics: dict = {}
         self._lock = threading.Lock()
-        self.values: dict = collections.defaultdict(float)  # (name, labels) → value or sum
 
     @classmethod
     def in_stub(cls, model: str) -> "ModelMetrics":
@@ -56,7 +54,7 @@ class ModelMetrics:
     def _metric(self, name: str, labels: dict):
         key = (name, tuple(sorted(labels.items())))
         metric = self._metrics.get(key)
-        if metric is None and self._pb is not None:
+        if metric is None:
             kind, description = FAMILIES[name]
             family = self._families.get(name)
             if family is None:
@@ -66,18 +64,15 @@ class ModelMetrics:
                     name=name, description=description, kind=kinds[kind])
             extra = {"buckets": list(DURATION_BUCKETS)} if kind == HISTOGRAM else {}
             metric = self._metrics[key] = family.Metric(labels={"model": self.model, **labels}, **extra)
-        return key, metric
+        return metric
 
     def _apply(self, op: str, name: str, value: float, **labels: str) -> None:
+        if self._pb is None:
+            return
         with self._lock:
-            key, metric = self._metric(name, labels)
-            if op == "set":
-                self.values[key] = value
-            else:
-                self.values[key] += value
-            if metric is not None:
-                with stub.STUB_IPC_LOCK:
-                    getattr(metric, op)(value)
+            metric = self._metric(name, labels)
+            with stub.STUB_IPC_LOCK:
+                getattr(metric, op)(value)
 
     def add(self, name: str, value: float = 1.0, **labels: str) -> None:
         if value:
@@ -89,9 +84,6 @@ class ModelMetrics:
     def observe(self, name: str, seconds: float, **labels: str) -> None:
         self._apply("observe", name, seconds, **labels)
 
-    def value(self, name: str, **labels: str) -> float:
-        return self.values.get((name, tuple(sorted(labels.items()))), 0.0)
-
     # ---------------------------------------------------------------- what the models report
 
     def accepted(self) -> None:
@@ -101,7 +93,3 @@ class ModelMetrics:
         self.add("step_audio_requests_in_flight", -1)
         self.add("step_audio_requests_total", 1, outcome=outcome)
         self.observe("step_audio_request_duration_seconds", seconds)
-
-    def refused(self, outcome: str) -> None:
-        """Answered at once, never in flight (bad input, draining)."""
-        self.add("step_audio_requests_total", 1, outcome=outcome)

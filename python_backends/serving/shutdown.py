@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Callable
 
 from ..settings import DRAIN_FILE_ENV
@@ -31,19 +32,14 @@ def aborting() -> bool:
     return _flag(ABORT_SUFFIX)
 
 
-def watch_abort(on_abort: Callable[[], None], name: str) -> threading.Thread | None:
-    """Call `on_abort()` once, from a daemon thread, when serve.py asks to abort; None (no
-    thread) when the server was not started by serve.py."""
+def watch_abort(on_abort: Callable[[], None], name: str) -> None:
+    """Call `on_abort()` once, from a daemon thread, when serve.py asks to abort (no thread
+    when the server was not started by serve.py)."""
     if not os.environ.get(DRAIN_FILE_ENV):
-        return None
-    stop = threading.Event()
-
+        return
     def run() -> None:
-        while not stop.wait(POLL_SECONDS):
-            if aborting():
-                on_abort()
-                return
+        while not aborting():
+            time.sleep(POLL_SECONDS)
+        on_abort()
 
-    thread = threading.Thread(target=run, name=f"{name}-abort-watch", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=run, name=f"{name}-abort-watch", daemon=True).start()
