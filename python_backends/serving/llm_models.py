@@ -121,6 +121,7 @@ class LlmStreamModel:
         self.generator = BatchedGenerator(model, max_active=self.settings.max_active_sequences)
         self.generator.generate([[LLM.bos_id, LLM.bot_id]], [SamplingParams(greedy=True, max_length=4)])
         self.generator.on_step = self._report_step
+        self._reported: tuple[int, int] | None = None
         self._report_step(0, 0, 0)
         self.stopped = False
         self.generator.start()
@@ -133,8 +134,12 @@ class LlmStreamModel:
         self._report_step(0, 0, 0)
 
     def _report_step(self, active: int, pending: int, generated: int) -> None:
-        self.metrics.set("step_audio_llm_sequences", active, state="active")
-        self.metrics.set("step_audio_llm_sequences", pending, state="pending")
+        """After each decode step: the gauges only when they change (each is a call into the
+        server, on the generation hot path)."""
+        if (active, pending) != self._reported:
+            self._reported = (active, pending)
+            self.metrics.set("step_audio_llm_sequences", active, state="active")
+            self.metrics.set("step_audio_llm_sequences", pending, state="pending")
         self.metrics.add("step_audio_llm_generated_ids_total", generated)
 
     def _submit(self, request) -> None:
