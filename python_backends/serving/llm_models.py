@@ -95,8 +95,11 @@ class _Stream:
         if self.wants_error_output:
             final = stub.pb().InferenceResponse(output_tensors=[
                 triton_io.bytes_tensor(LLM_ERROR_OUTPUT, triton_io.error_message(error))])
-        self.send(final, final=True)
         self.metrics.answered(outcome(error), time.perf_counter() - self.started)
+        try:
+            self.send(final, final=True)
+        finally:
+            self.metrics.delivered()
 
 
 def _cancel_key(request) -> str | None:
@@ -168,9 +171,12 @@ class LlmStreamModel:
                 if error is not None:
                     out.fail(error)
                     return
-                out.send(None if stream else pb.InferenceResponse(output_tensors=[_ids_tensor(ids)]),
-                         final=True)
                 self.metrics.answered("success", time.perf_counter() - out.started)
+                try:
+                    out.send(None if stream else pb.InferenceResponse(output_tensors=[_ids_tensor(ids)]),
+                             final=True)
+                finally:
+                    self.metrics.delivered()
 
             self.generator.submit(prompt.tolist(), params, on_token if stream else None, on_done,
                                   cancelled=out.is_cancelled, key=request.request_id() or None)

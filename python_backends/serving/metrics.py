@@ -90,6 +90,11 @@ class ModelMetrics:
         self.add("step_audio_requests_in_flight", 1)
 
     def answered(self, outcome: str, seconds: float) -> None:
-        self.add("step_audio_requests_in_flight", -1)
+        """Called just before the final response goes out, so that a client holding its answer
+        reads counts that include it."""
         self.add("step_audio_requests_total", 1, outcome=outcome)
         self.observe("step_audio_request_duration_seconds", seconds)
+
+    def delivered(self) -> None:
+        """After the final send: no longer in flight (serve.py's drain waits for this)."""
+        self.add("step_audio_requests_in_flight", -1)

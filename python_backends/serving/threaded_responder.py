@@ -60,13 +60,15 @@ class Answer:
             if self.final_sent:
                 return False
             self.final_sent = True
+            # counted before the send: a client that has its answer reads metrics that include it
+            self.metrics.answered(outcome(error), time.perf_counter() - self.started)
             try:
                 with stub.STUB_IPC_LOCK:
                     self.sender.send(response, flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             except Exception as exc:  # noqa: BLE001 - the client is gone (e.g. cancelled): nothing to tell
                 stub.log_warning(f"final response not delivered ({outcome(error)}): {exc}")
             finally:
-                self.metrics.answered(outcome(error), time.perf_counter() - self.started)
+                self.metrics.delivered()
         return True
 
 
