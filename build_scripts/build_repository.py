@@ -6,7 +6,8 @@
         [--gpu-engine none|tensorrt|onnxruntime] [--vq02-engine FILE] [--vq06-engine FILE]
         [--ort-accelerator tensorrt|cuda] [--ort-precision FP32|FP16] [--plan-check auto|require|skip]
         [--placement vq02=0,vq06=1,llm=0,decoder=1,prompt=1|auto]
-        [--editx DIR [--editx-dtype float32|bfloat16] [--max-text-chars N] [--max-prompt-seconds S]
+        [--editx DIR [--llm-dtype bfloat16|float32] [--flow-dtype float32|bfloat16]
+         [--hift-dtype float32|bfloat16] [--max-text-chars N] [--max-prompt-seconds S]
          [--llm-max-length N] [--max-active-sequences N] [--prompt-cache-entries N] [--no-inner-bos]]
 
 Fills `model_repository/<model>/config.pbtxt.template` into `REPO/<model>/config.pbtxt`, copies
@@ -94,7 +95,7 @@ REQUIRED_EDITX = (
     (f"{COSYVOICE_DIR}/hift.pt", "the HiFT vocoder weights"),
     (f"{COSYVOICE_DIR}/campplus.onnx", "the CAM++ speaker model"),
 )
-LLM_DTYPES = ("float32", "bfloat16")
+STAGE_DTYPES = ("float32", "bfloat16")
 # token2wav's DiT estimator: torch in process, onnxruntime in process (exported ONNX), or a
 # TensorRT plan served as the engine model flow_estimator (BLS per Euler step)
 FLOW_ENGINES = ("torch", "onnx", "tensorrt")
@@ -129,7 +130,9 @@ class RepositoryOptions:
     plan_check: str = "auto"  # auto | require | skip: GPU name / TensorRT version of plans
     placement: tuple[tuple[str, int], ...] = ()  # (group, gpu): build_scripts/placement.py
     # --editx models (EditxSettings)
-    editx_dtype: str = "float32"  # LLM / flow / HiFT compute dtype
+    llm_dtype: str = EditxSettings.llm_dtype  # compute dtype per stage (the original's mix)
+    flow_dtype: str = EditxSettings.flow_dtype
+    hift_dtype: str = EditxSettings.hift_dtype
     inner_bos: bool = EditxSettings.inner_bos
     max_text_chars: int = EditxSettings.max_target_text_chars
     max_prompt_seconds: float = EditxSettings.max_prompt_seconds
@@ -429,14 +432,17 @@ def write_if_changed(path: Path, data: bytes) -> bool:
 
 
 def editx_settings(editx: Path, options: RepositoryOptions) -> EditxSettings:
-    if options.editx_dtype not in LLM_DTYPES:
-        raise BuildError(f"--editx-dtype must be one of {', '.join(LLM_DTYPES)}, not '{options.editx_dtype}'")
+    for stage in ("llm", "flow", "hift"):
+        value = getattr(options, f"{stage}_dtype")
+        if value not in STAGE_DTYPES:
+            raise BuildError(f"--{stage}-dtype must be one of {', '.join(STAGE_DTYPES)}, not '{value}'")
     if options.max_text_chars < 1 or not options.max_prompt_seconds > 0:
         raise BuildError("--max-text-chars must be >= 1 and --max-prompt-seconds > 0")
     if options.llm_max_length < 2 or options.max_active_sequences < 1 or options.prompt_cache_entries < 0:
         raise BuildError("--llm-max-length must be >= 2, --max-active-sequences >= 1 and "
                          "--prompt-cache-entries >= 0")
-    return EditxSettings(editx_dir=str(editx), dtype=options.editx_dtype,
+    return EditxSettings(editx_dir=str(editx), llm_dtype=options.llm_dtype,
+                         flow_dtype=options.flow_dtype, hift_dtype=options.hift_dtype,
                          num_threads=int(options.num_threads), inner_bos=options.inner_bos,
                          max_prompt_text_chars=options.max_text_chars,
                          max_target_text_chars=options.max_text_chars,
@@ -588,8 +594,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--placement", default="",
                         help="--device gpu: GPU per stage, e.g. vq02=0,vq06=1,llm=0,decoder=1,prompt=1, "
                              "or 'auto' (stages not named run on --gpus)")
-    parser.add_argument("--editx-dtype", default="float32", choices=LLM_DTYPES,
-                        help="LLM / flow / HiFT compute dtype (the original runs bfloat16)")
+    for stage, what in (("llm", "Step1 LLM"), ("flow", "CosyVoice flow"), ("hift", "HiFT vocoder")):
+        parser.add_argument(f"--{stage}-dtype", default=getattr(RepositoryOptions, f"{stage}_dtype"),
+                            choices=STAGE_DTYPES,
+                            help=f"{what} compute dtype (default: the original's, bfloat16 LLM, "
+                                 "float32 decoder)")
     parser.add_argument("--no-inner-bos", dest="inner_bos", action="store_false",
                         help="prompt template without <s> at each encoded piece (chat-template variant)")
     parser.add_argument("--max-text-chars", type=int, default=RepositoryOptions.max_text_chars,
@@ -630,7 +639,8 @@ def main(argv: list[str] | None = None) -> int:
             vq06_engine=args.vq06_engine, ort_accelerator=args.ort_accelerator,
             ort_precision=args.ort_precision, plan_check=args.plan_check,
             placement=tuple(pl.parse_placement(args.placement).items()),
-            editx_dtype=args.editx_dtype, inner_bos=args.inner_bos,
+            llm_dtype=args.llm_dtype, flow_dtype=args.flow_dtype, hift_dtype=args.hift_dtype,
+            inner_bos=args.inner_bos,
             max_text_chars=args.max_text_chars, max_prompt_seconds=args.max_prompt_seconds,
             llm_max_length=args.llm_max_length, max_active_sequences=args.max_active_sequences,
             prompt_cache_entries=args.prompt_cache_entries, llm_engine=args.llm_engine,

@@ -12,7 +12,7 @@
 # PLACEMENT [""] (build_repository --placement, e.g. vq02=0,vq06=1,llm=0,decoder=1 or auto),
 # GPU_ENGINE tensorrt|onnxruntime|none [tensorrt], PRECISION fp32|fp16 [fp32],
 # MAX_BATCH_SIZE [16], MAX_AUDIO_SECONDS [120], INSTANCES [""] (e.g. vq02=2,vq06=1),
-# EDITX_DTYPE float32|bfloat16 [float32], LLM_ENGINE python|vllm [python] (vllm: an image
+# LLM_DTYPE [bfloat16], FLOW_DTYPE [float32], HIFT_DTYPE [float32] (float32|bfloat16), LLM_ENGINE python|vllm [python] (vllm: an image
 # built on a tritonserver -vllm-python-py3 tag), CPU_BUILD [/build], CUDA_POOL_BYTES
 # [268435456] per GPU, TRITON_ARGS [""].
 set -euo pipefail
@@ -20,7 +20,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 WEIGHTS="${WEIGHTS:-/weights}"
 EDITX="${EDITX:-/editx}"
-EDITX_DTYPE="${EDITX_DTYPE:-float32}"
+LLM_DTYPE="${LLM_DTYPE:-bfloat16}"
+FLOW_DTYPE="${FLOW_DTYPE:-float32}"
+HIFT_DTYPE="${HIFT_DTYPE:-float32}"
 LLM_ENGINE="${LLM_ENGINE:-python}"
 REPO="${REPO:-/models}"
 ENGINES="${ENGINES:-/engines}"
@@ -40,7 +42,8 @@ build_repository() {  # build_repository WEIGHTS EDITX OUT [more build_repositor
     shift 3
     local editx_args=()
     if [ -f "$editx/config.json" ]; then
-        editx_args=(--editx "$editx" --editx-dtype "$EDITX_DTYPE")
+        editx_args=(--editx "$editx" --llm-dtype "$LLM_DTYPE" \
+            --flow-dtype "$FLOW_DTYPE" --hift-dtype "$HIFT_DTYPE")
     else
         say "no EditX weights in $editx (no config.json): tokenizer only, no clone models"
     fi

@@ -4,7 +4,7 @@ real tritonserver over gRPC (non-stream and stream) — printing seconds per sta
 factor and the reference/ours ratio. Not a test: numbers go to perf/RESULTS.md.
 
     .venv/bin/python perf/bench_clone.py --preset tiny
-    .venv/bin/python perf/bench_clone.py --preset full --dtype bfloat16 --threads 2
+    .venv/bin/python perf/bench_clone.py --preset full --llm-dtype bfloat16 --threads 2
     .venv/bin/python perf/bench_clone.py --preset full --device cuda --skip-reference
 
 The prompt is an espeak-ng clip with its transcript; the target text is fixed. The synthetic
@@ -138,7 +138,7 @@ class Models:
 
     def __init__(self, tokenizer: TokenizerSettings, editx: EditxSettings):
         self.tokenizer_settings, self.editx = tokenizer, editx
-        self.step1: Step1Model = load_step1(editx.llm_dir, editx.device, getattr(torch, editx.dtype))
+        self.step1: Step1Model = load_step1(editx.llm_dir, editx.device, getattr(torch, editx.llm_dtype))
         self.token2wav = Token2Wav.from_settings(editx)
         self.embedder = SpeakerEmbedder(editx.cosyvoice_dir / "campplus.onnx", editx.num_threads)
         self.text = TextTokenizer(editx.text_tokenizer_path)
@@ -237,7 +237,7 @@ def via_triton(args, tokenizer_weights: Path, editx_dir: Path, clip: Clip, warm:
     from client.clone_client import CloneClient
 
     options = RepositoryOptions(device="gpu" if args.device.startswith("cuda") else "cpu",
-                                num_threads=args.threads, editx_dtype=args.dtype,
+                                num_threads=args.threads, **stage_dtypes(args),
                                 prompt_cache_entries=0)
     repo = build_repository(tokenizer_weights, ROOT / "build" / "bench_clone_repository", options,
                             editx=editx_dir)
@@ -270,8 +270,16 @@ def first_difference(a: list, b: list) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def checks(runs: dict, gen: Generation, dtype: str) -> dict:
-    out = {"expect_identical_ids": gen.greedy and dtype == "float32"}
+STAGES = ("llm", "flow", "hift")
+
+
+def stage_dtypes(args) -> dict:
+    """{llm_dtype, flow_dtype, hift_dtype} as EditxSettings / RepositoryOptions take them."""
+    return {f"{stage}_dtype": getattr(args, f"{stage}_dtype") for stage in STAGES}
+
+
+def checks(runs: dict, gen: Generation, llm_dtype: str) -> dict:
+    out = {"expect_identical_ids": gen.greedy and llm_dtype == "float32"}
     ref, ours = runs.get("reference"), runs["ours"]
     if ref is not None:
         diff = first_difference(ref.llm_ids, ours.llm_ids)
@@ -327,8 +335,10 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--max-new-tokens", type=int, default=126)
     ap.add_argument("--seed", type=int, default=7, help="LLM sampling and HiFT source seed")
     ap.add_argument("--greedy", action="store_true", help="argmax instead of seeded sampling")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                    help="LLM, flow and HiFT compute dtype (reference_flow is always fp32)")
+    for stage in STAGES:  # fp32 by default: the reference shares these tensors, ids must match
+        ap.add_argument(f"--{stage}-dtype", default="float32", choices=["float32", "bfloat16"],
+                        help=f"{stage} compute dtype (reference_flow is always fp32; the original "
+                             "runs a bfloat16 LLM and a float32 decoder)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch / onnxruntime threads here and per model in the server "
                          "(0: library defaults)")
@@ -349,8 +359,8 @@ def main(argv: list[str] | None = None) -> dict:
     editx_dir = build_editx(args.preset, weights / f"{args.preset}-editx")
     tokenizer = TokenizerSettings(weights_dir=str(tokenizer_weights), device=args.device,
                                   num_threads=args.threads)
-    editx = EditxSettings(editx_dir=str(editx_dir), device=args.device, dtype=args.dtype,
-                          num_threads=args.threads)
+    editx = EditxSettings(editx_dir=str(editx_dir), device=args.device,
+                          num_threads=args.threads, **stage_dtypes(args))
     audio, rate, transcript = speech_with_transcript(args.prompt_seconds, seed=PROMPT_SEED)
     clip = Clip(audio, rate, transcript)
     gen = Generation(args.max_new_tokens, args.seed, args.greedy)
@@ -363,14 +373,15 @@ def main(argv: list[str] | None = None) -> dict:
         runs.update(via_triton(args, tokenizer_weights, editx_dir, clip,
                                Clip(warm_audio, warm_rate, warm_text), gen))
     runs = {n: runs[n] for n in ("reference", "ours", "triton", "triton_stream") if n in runs}
-    result = {"machine": machine_name(args.device), "preset": args.preset, "dtype": args.dtype,
+    result = {"machine": machine_name(args.device), "preset": args.preset, **stage_dtypes(args),
               "device": args.device, "threads": args.threads,
               "prompt_seconds": args.prompt_seconds, "max_new_tokens": args.max_new_tokens,
               "sampling": "greedy" if args.greedy else f"seeded {args.seed}",
-              "checks": checks(runs, gen, args.dtype), "runs": summary(runs)}
+              "checks": checks(runs, gen, args.llm_dtype), "runs": summary(runs)}
 
     print(f"\nvoice clone end to end  machine: {result['machine']}")
-    print(f"preset {args.preset}, dtype {args.dtype}, device {args.device}, prompt "
+    dtypes = ", ".join(f"{s} {getattr(args, s + '_dtype')}" for s in STAGES)
+    print(f"preset {args.preset}, {dtypes}, device {args.device}, prompt "
           f"{args.prompt_seconds:g} s espeak-ng, {args.max_new_tokens} new LLM ids "
           f"({result['sampling']}); seconds per stage, RTF = compute s / output s")
     print(table(runs))

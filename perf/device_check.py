@@ -135,7 +135,8 @@ def token2wav_for(cosy: Path, device: str, dtype: str):
     from python_backends.decoder.token2wav import Token2Wav
     from python_backends.settings import EditxSettings
 
-    return Token2Wav.from_settings(EditxSettings(editx_dir=str(cosy.parent), device=device, dtype=dtype))
+    return Token2Wav.from_settings(EditxSettings(editx_dir=str(cosy.parent), device=device,
+                                               flow_dtype=dtype, hift_dtype=dtype))
 
 
 def check_token2wav(data: Path) -> None:

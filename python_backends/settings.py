@@ -169,7 +169,11 @@ class EditxSettings(DeploymentSettings):
 
     editx_dir: str
     device: str = "cpu"
-    dtype: str = "float32"  # LLM / flow / HiFT compute dtype: float32 | bfloat16
+    # compute dtype per stage (float32 | bfloat16); the default is the original's mix: Step1 in
+    # bfloat16, the CosyVoice flow and HiFT in float32 (tts.py loads only the LLM in bfloat16)
+    llm_dtype: str = "bfloat16"
+    flow_dtype: str = "float32"
+    hift_dtype: str = "float32"
     num_threads: int = 0  # 0: leave torch / onnxruntime defaults
     # each E(...) of the prompt template starts with <s> (LlamaTokenizer's add_bos_token default,
     # EditX's tokenizer_config.json sets nothing); False: the chat-template variant (§2.4)

@@ -54,7 +54,9 @@ def server_repo(tiny_weights, tiny_editx) -> Path:
     options = RepositoryOptions(max_batch_size=TEST_MAX_BATCH_SIZE,
                                 queue_delay_us=TEST_QUEUE_DELAY_US,
                                 max_audio_seconds=TEST_MAX_AUDIO_SECONDS,
-                                max_text_chars=TEST_MAX_TEXT_CHARS)
+                                max_text_chars=TEST_MAX_TEXT_CHARS,
+                                # fp32 throughout: the server's ids are compared with fp32 references
+                                llm_dtype="float32")
     return build(tiny_weights, TEST_REPO, options, editx=tiny_editx)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
@@ -147,6 +148,23 @@ def test_editx_models_carry_their_settings_and_are_removed_without_editx(tmp_pat
     assert not config_of(repo, "llm").model_transaction_policy.decoupled
     build(tiny_weights, repo)
     assert not (repo / "clone").exists() and (repo / "audio_tokenizer").exists()
+
+
+def test_precision_is_per_stage_and_defaults_to_the_originals_mix(tmp_path, tiny_weights,
+                                                                  tiny_editx):
+    """The original loads Step1 in bfloat16 and runs CosyVoice's flow and HiFT in float32."""
+    repo = build(tiny_weights, tmp_path / "default", editx=tiny_editx)
+    for model in ("llm_stream", "token2wav"):
+        settings = EditxSettings.from_json(config_of(repo, model).parameters["editx_settings"].string_value)
+        assert (settings.llm_dtype, settings.flow_dtype, settings.hift_dtype) == (
+            "bfloat16", "float32", "float32")
+    from python_backends.decoder.token2wav import Token2Wav
+
+    mixed = Token2Wav.from_settings(EditxSettings(str(tiny_editx), flow_dtype="bfloat16"))
+    assert next(mixed.flow.model.parameters()).dtype == torch.bfloat16
+    assert next(mixed.hift.parameters()).dtype == torch.float32
+    with pytest.raises(BuildError, match="--hift-dtype must be one of float32, bfloat16, not 'float16'"):
+        build(tiny_weights, tmp_path / "bad", RepositoryOptions(hift_dtype="float16"), editx=tiny_editx)
 
 
 def test_incomplete_editx_directory_is_named(tmp_path, tiny_weights):

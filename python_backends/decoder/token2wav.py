@@ -40,8 +40,7 @@ class Token2Wav:
         """`engine_client` (python_backends.serving.engine_client) overrides `flow_engine`: the flow's
         estimator then runs in the engine model it calls."""
         root = settings.cosyvoice_dir
-        dtype = getattr(torch, settings.dtype)
-        flow = load_flow(root, settings.device, dtype)
+        flow = load_flow(root, settings.device, getattr(torch, settings.flow_dtype))
         if engine_client is not None or settings.flow_engine != "torch":
             from . import estimator_engine  # onnxruntime only where it is asked for
 
@@ -49,7 +48,8 @@ class Token2Wav:
                 estimator_engine.EngineEstimator(engine_client) if engine_client is not None
                 else estimator_engine.estimator_from_settings(settings))
         hift_kwargs = load_cosyvoice_yaml(root / "cosyvoice.yaml")["hift"]
-        return cls(flow, load_hift(root / "hift.pt", hift_kwargs, settings.device, dtype))
+        return cls(flow, load_hift(root / "hift.pt", hift_kwargs, settings.device,
+                                   getattr(torch, settings.hift_dtype)))
 
     def prompt_mel_frames(self, mel: np.ndarray, prompt_rows: int) -> torch.Tensor:
         """[T, 80] → [up·prompt_rows, 80], nearest (F.interpolate), in the model dtype."""

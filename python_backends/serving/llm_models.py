@@ -118,7 +118,7 @@ class LlmStreamModel:
     def initialize(self, args):
         self.settings = load_editx_settings(args)
         self.settings.apply_threads()
-        dtype = getattr(torch, self.settings.dtype)
+        dtype = getattr(torch, self.settings.llm_dtype)
         model = load_step1(self.settings.llm_dir, device=self.settings.device, dtype=dtype)
         self.metrics = ModelMetrics.in_stub(args["model_name"])
         self.generator = BatchedGenerator(model, max_active=self.settings.max_active_sequences)
