@@ -232,11 +232,13 @@ def test_token2wav_batch_equals_each_alone_with_960_samples_per_row(tiny_editx):
                   speaker_embedding=rng.standard_normal(192).astype(np.float32), seed=4)]
     batched = decoder.batch(items)
     assert [len(w) for w in batched] == [7 * 3 * 960, 3 * 3 * 960]  # 13 ids padded to 15
+    # the padded flow differs from the lone one in the last bits (1e-6); voiced HiFT integrates
+    # f0 into the sine phase, which grows that to ~3e-4 here: a mix-up would be > 1e-2
     for item, wave in zip(items, batched):
-        np.testing.assert_allclose(decoder.batch([item])[0], wave, atol=1e-5)
+        np.testing.assert_allclose(decoder.batch([item])[0], wave, atol=1e-3)
         assert wave.dtype == np.float32 and 0.01 < np.abs(wave).max() <= 0.99
     reseeded = decoder.batch([{**items[0], "seed": 5}])[0]
-    assert np.abs(reseeded - batched[0]).max() > 1e-3
+    assert np.abs(reseeded - batched[0]).max() > 1e-2
 
 
 def test_prompt_mel_is_resampled_to_two_frames_per_prompt_row(tiny_editx):

@@ -180,15 +180,6 @@ def hift(hift_file):
     return load_hift(hift_file, hift_yaml_section("tiny"))
 
 
-@pytest.fixture(scope="module")
-def voiced_hift(hift_file):
-    """The tiny vocoder with f0 lifted above the voiced threshold (exercises the sine path)."""
-    model = load_hift(hift_file, hift_yaml_section("tiny"))
-    with torch.no_grad():
-        model.f0_predictor.classifier.bias += 150.0
-    return model
-
-
 def mels(lengths: list[int], seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(len(lengths), 80, max(lengths), generator=g) * 2.0 - 5.0
@@ -207,27 +198,25 @@ def test_hift_length_and_seeding(hift):
     torch.testing.assert_close(both, torch.cat([wave, other]), atol=1e-5, rtol=0)
 
 
-def test_voiced_hift_runs_the_sine_branch_on_speech(hift, voiced_hift):
-    """On an espeak prompt's mel the synthetic f0 is ~1 Hz (all unvoiced); the lifted one is
-    voiced at speech pitch everywhere, and its source is no longer noise only."""
+def test_synthetic_hift_is_voiced_on_speech_and_runs_the_sine_branch(hift):
+    """On an espeak prompt's mel the synthetic f0 is at speech pitch on most frames and below
+    the voiced threshold on a few, so both branches of the source run; the source is no longer
+    noise only."""
     audio, rate = prompt(3.0, seed=7)
     mel = torch.from_numpy(prompt_mel(audio, rate, bf16_round=False)).T[None]
-    src = voiced_hift.m_source
+    src = hift.m_source
     with torch.no_grad():
-        assert float(hift.f0_predictor(mel).max()) < src.voiced_threshold
-        f0 = voiced_hift.f0_predictor(mel)
-        assert bool((f0 > src.voiced_threshold).all()) and 100 < float(f0.median()) < 350
+        f0 = hift.f0_predictor(mel)
+        voiced = float((f0 > src.voiced_threshold).float().mean())
+        assert 0.9 < voiced < 1.0 and 50 < float(f0.median()) < 300
         phases, noise = src.draw(3, mel.shape[2])
         sine_and_noise = src(f0, phases, noise)
         noise_only = src(torch.zeros_like(f0), phases, noise)
     assert float((sine_and_noise - noise_only).abs().max()) > 0.05
 
 
-@pytest.mark.parametrize("model", ["hift", "voiced_hift"])
-def test_hift_batch_equals_alone_and_reference(model, request):
-    hift = request.getfixturevalue(model)
-    if model == "voiced_hift":
-        assert hift.f0_predictor(mels([9])).min() > hift.m_source.voiced_threshold
+def test_hift_batch_equals_alone_and_reference(hift):
+    assert float((hift.f0_predictor(mels([9])) > hift.m_source.voiced_threshold).float().mean()) > 0.5
     lengths, seeds = [31, 4, 17, 1], [3, 4, 5, 6]
     mel = mels(lengths, seed=1)
     wave, lens = hift_inference(hift, mel, lengths, seeds)

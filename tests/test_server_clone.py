@@ -188,14 +188,15 @@ def test_eight_concurrent_clones_get_their_own_result(own_server):
     alone = [clone_one(own_server.grpc_url, r) for r in requests]
     for i in range(len(alone)):  # a mix-up would show: no two answers are alike
         for j in range(i):
-            assert alone[i].size != alone[j].size or np.abs(alone[i] - alone[j]).max() > 1e-3
+            assert alone[i].size != alone[j].size or np.abs(alone[i] - alone[j]).max() > 1e-2
 
     with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
         for _ in range(CONCURRENT_ROUNDS):
             together = list(pool.map(lambda r: clone_one(own_server.grpc_url, r), requests))
             for r, want, got in zip(requests, alone, together):
                 assert got.size == want.size, r["clip"]
-                np.testing.assert_allclose(got, want, rtol=0, atol=1e-4, err_msg=repr(r["clip"]))
+                # batched flow vs alone: last-bit differences, grown by voiced HiFT's phase
+                np.testing.assert_allclose(got, want, rtol=0, atol=2e-3, err_msg=repr(r["clip"]))
     assert own_server.running()
 
 
@@ -363,13 +364,17 @@ def audio_ids(rng: np.random.Generator, count: int) -> np.ndarray:
     return (codes + LLM.audio_token_offset).astype(np.int32)
 
 
-def token2wav(url: str, target_ids: np.ndarray, seed: int) -> np.ndarray:
+def token2wav_arrays(target_ids: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    arrays = {"target_ids": target_ids[None],
-              "prompt_ids": audio_ids(rng, 15)[None],
-              "prompt_mel": rng.standard_normal((1, 21, DECODER.mel_bins)).astype(np.float32),
-              "speaker_embedding": rng.standard_normal((1, 192)).astype(np.float32),
-              "seed": np.array([[seed]], np.int64)}
+    return {"target_ids": target_ids[None],
+            "prompt_ids": audio_ids(rng, 15)[None],
+            "prompt_mel": rng.standard_normal((1, 21, DECODER.mel_bins)).astype(np.float32),
+            "speaker_embedding": rng.standard_normal((1, 192)).astype(np.float32),
+            "seed": np.array([[seed]], np.int64)}
+
+
+def token2wav(url: str, target_ids: np.ndarray, seed: int) -> np.ndarray:
+    arrays = token2wav_arrays(target_ids, seed)
     client = grpcclient.InferenceServerClient(url)
     inputs = []
     for name, array in arrays.items():
@@ -397,3 +402,27 @@ def test_token2wav_seeded(triton_server):
     np.testing.assert_array_equal(token2wav(triton_server.grpc_url, ids, seed=11), first)
     other = token2wav(triton_server.grpc_url, ids, seed=12)
     assert other.size == first.size and np.abs(other - first).max() > 1e-4
+
+
+def test_token2wav_server_equals_in_process_bit_exactly_on_the_voiced_path(triton_server, tiny_editx,
+                                                                         torch_one_thread):
+    """The server's decoder is the in-process one, bit for bit (fp32, same seed), and the
+    synthetic HiFT predicts voiced frames on the flow's mel, so HiFT's sine source is in it."""
+    from python_backends.decoder.token2wav import Token2Wav
+    from python_backends.settings import EditxSettings
+
+    ids = audio_ids(np.random.default_rng(5), 40)
+    served = token2wav(triton_server.grpc_url, ids, seed=9)
+    arrays = token2wav_arrays(ids, seed=9)
+    decoder = Token2Wav.from_settings(EditxSettings(str(tiny_editx)))
+    item = {"target_ids": arrays["target_ids"][0], "prompt_ids": arrays["prompt_ids"][0],
+            "prompt_mel": arrays["prompt_mel"][0], "speaker_embedding": arrays["speaker_embedding"][0],
+            "seed": 9}
+    np.testing.assert_array_equal(served, decoder.batch([item])[0])
+
+    seen = {}
+    original = decoder.hift.f0_predictor.forward
+    decoder.hift.f0_predictor.forward = lambda mel: seen.setdefault("f0", original(mel))
+    decoder.batch([item])
+    voiced = float((seen["f0"] > decoder.hift.m_source.voiced_threshold).float().mean())
+    assert voiced > 0.5, f"only {voiced:.0%} of the flow's frames are voiced"

@@ -5,6 +5,10 @@
 structure with narrow channels (the rates and kernel sizes stay: they fix 480 samples per
 frame). `write_hift` saves a state dict under the release's key names (weight-normed convs as
 `…parametrizations.weight.original0/1`), values seeded per tensor.
+
+The F0 classifier is scaled and shifted so that the predicted pitch lies in a voice's range
+(about 3-300 Hz on speech, mostly above the 10 Hz voiced threshold): with plain random values
+it predicts about 1 Hz, every frame is unvoiced and HiFT's sine source never runs.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ HIFT_CLASS_PATH = "stepvocoder.cosyvoice2.hifigan.generator.HiFTGenerator"
 F0_CLASS_PATH = "stepvocoder.cosyvoice2.hifigan.f0_predictor.ConvRNNF0Predictor"
 CHANNELS = {"tiny": (32, 32), "full": (512, 512)}  # base_channels, f0 cond_channels
 POST_SCALE = 0.1  # conv_post weights: keeps exp(log-magnitude) in a speech-like range
+F0_SCALE, F0_CENTRE_HZ = 200.0, 150.0  # f0 = |F0_SCALE·(w·h + b) + F0_CENTRE_HZ|
 
 
 def hift_yaml_section(preset: str) -> dict:
@@ -72,6 +77,8 @@ def random_state_dict(preset: str, seed: int) -> dict[str, torch.Tensor]:
             out[g_name] = v.flatten(1).norm(dim=1).reshape(state[g_name].shape)
         else:
             out[name] = init_parameter(seed, key, tensor.shape, is_norm=False)
+    out["f0_predictor.classifier.weight"] = out["f0_predictor.classifier.weight"] * F0_SCALE
+    out["f0_predictor.classifier.bias"] = out["f0_predictor.classifier.bias"] * F0_SCALE + F0_CENTRE_HZ
     return {name: out[name] for name in state}
 
 
