@@ -48,7 +48,7 @@ FINGERPRINT_SOURCES = ("build_scripts/make_synthetic_weights.py", "build_scripts
                        "build_scripts/synthetic/codebooks.py", "build_scripts/synthetic/presets.py",
                        "build_scripts/synthetic/random_init.py", "python_backends/settings.py",
                        "python_backends/tokenizer/paraformer_weights.py", "python_backends/tokenizer/fbank_frontend.py",
-                       "python_backends/tokenizer/chunk_encoder.py")
+                       "python_backends/tokenizer/fbank_torch.py", "python_backends/tokenizer/chunk_encoder.py")
 PARAFORMER_FILES = ("config.yaml", "model.pt", "am.mvn", "tokens.json", "configuration.json")
 FILES = tuple(f"{PARAFORMER_DIR}/{n}" for n in PARAFORMER_FILES) + (CENTROIDS_FILE, SPEECH_TOKENIZER_FILE)
 FIT_RATE = 16000

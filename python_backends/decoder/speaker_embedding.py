@@ -1,12 +1,11 @@
 """CAM++ speaker embedding of the prompt (EditX `CosyVoiceFrontEnd.extract_spk_embedding`, spec
 §3.3 step 2).
 
-Per utterance: resample to 16 kHz (torchaudio's formula), kaldi fbank with 80 bins and dither
-0 on the [−1, 1] samples as `torchaudio.compliance.kaldi.fbank` gets them (not scaled to
-int16: the scale only shifts every log energy by a constant, which the mean removal cancels,
-except where Kaldi's FLT_EPSILON floor bites), subtract the mean over time, run
-`campplus.onnx` on the CPU execution provider (as upstream) → float32 [192]. EditX casts the
-embedding to bf16 before the flow, so by default it is rounded through bf16 here too.
+Per utterance: resample to 16 kHz (torchaudio's formula), `kaldi.fbank(num_mel_bins=80,
+dither=0)` on the [−1, 1] samples (povey window; `fbank_torch`, torchaudio's arithmetic, bit for
+bit on the CPU), subtract the mean over time as torch does, run `campplus.onnx` on the CPU
+execution provider (as upstream) → float32 [192]. EditX casts the embedding to bf16 before the
+flow, so by default it is rounded through bf16 here too.
 
 Batching: CAM++ pools statistics over every input frame and has no padding mask, so padding
 would change the embedding; each request runs its own call. Stacking requests of equal length
@@ -17,53 +16,29 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import kaldi_native_fbank as knf
 import numpy as np
 import torch
 
 from ..errors import InvalidInput
 from ..onnx_runtime import onnx_session
+from ..tokenizer.fbank_torch import TorchFbank, num_fbank_frames
 from ..tokenizer.resample import resample
 from ..settings import DECODER
 
 FBANK_BINS = 80
-FRAME_LENGTH_MS = 25.0
-FRAME_SHIFT_MS = 10.0
-
-
-def fbank_options() -> knf.FbankOptions:
-    """torchaudio.compliance.kaldi.fbank defaults with num_mel_bins=80, dither=0 at 16 kHz."""
-    opts = knf.FbankOptions()
-    opts.frame_opts.samp_freq = float(DECODER.speaker_sample_rate)
-    opts.frame_opts.frame_length_ms = FRAME_LENGTH_MS
-    opts.frame_opts.frame_shift_ms = FRAME_SHIFT_MS
-    opts.frame_opts.dither = 0.0
-    opts.frame_opts.preemph_coeff = 0.97
-    opts.frame_opts.remove_dc_offset = True
-    opts.frame_opts.window_type = "povey"
-    opts.frame_opts.round_to_power_of_two = True
-    opts.frame_opts.snip_edges = True
-    opts.mel_opts.num_bins = FBANK_BINS
-    opts.mel_opts.low_freq = 20.0
-    opts.mel_opts.high_freq = 0.0
-    opts.use_energy = False
-    opts.use_log_fbank = True
-    opts.use_power = True
-    return opts
+# CosyVoice's call: torchaudio defaults (povey, 25/10 ms, 20 Hz–Nyquist), no ×32768
+_FBANK = TorchFbank(0.0, "povey", "cpu", FBANK_BINS, scale=1)
 
 
 def speaker_features(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """Mono float32 at `sample_rate` → mean-removed fbank float32 [T, 80] (T ≥ 1)."""
     wave = resample(np.asarray(audio, np.float32).reshape(-1), int(sample_rate),
                     DECODER.speaker_sample_rate)
-    fb = knf.OnlineFbank(fbank_options())
-    fb.accept_waveform(float(DECODER.speaker_sample_rate), wave)
-    fb.input_finished()
-    if fb.num_frames_ready == 0:
+    if num_fbank_frames(len(wave)) == 0:
         raise InvalidInput("waveform", f"has {len(wave)} samples at 16 kHz",
                            "at least 400 (one 25 ms fbank frame)")
-    feats = np.stack([fb.get_frame(i) for i in range(fb.num_frames_ready)]).astype(np.float32)
-    return feats - feats.mean(axis=0, keepdims=True)
+    feat = _FBANK(wave)
+    return (feat - feat.mean(dim=0, keepdim=True)).numpy()
 
 
 class SpeakerEmbedder:

@@ -105,7 +105,7 @@ def detect_kind(inputs: Iterable[Tensor]) -> str:
 
 def vq02_frames(seconds: float) -> int:
     """LFR frames of one utterance of `seconds` (what the streaming frontend emits)."""
-    from ..tokenizer.fbank_frontend import stream_frame_count  # torch/knf only when a vq02 limit is asked
+    from ..tokenizer.fbank_frontend import stream_frame_count  # torch only when a vq02 limit is asked
 
     return stream_frame_count(int(round(seconds * A.sample_rate)))
 
