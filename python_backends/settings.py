@@ -156,6 +156,11 @@ class DecoderAlgorithm:
     vq06_shift: int = 1025  # reshape: vq06 column = raw vq06 id (1024-based) + 1
     noise_frames: int = 30000  # the flow's fixed start-noise buffer randn(1, 80, 30000)
     prompt_peak_cap: float = 0.6  # EditX caps the prompt's peak at 0.6 before mel / CAM++ / tokens
+    # streaming token2wav (EditX CosyVoice_stream_impl_): chunk sizes in token rows, the last
+    # one repeated (0.6, 0.96, then 1.92 s of audio); each waits for the flow's look-ahead rows
+    stream_chunk_rows: tuple[int, ...] = (15, 24, 48)
+    stream_mel_cache_frames: int = 8  # HiFT context per chunk; 8 × 480 samples are cross-faded
+    stream_estimator_left_frames: int = 96  # DiT attention cache kept past the prompt (2 × 48)
 
 
 LLM = LlmAlgorithm()

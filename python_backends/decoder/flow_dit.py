@@ -3,7 +3,9 @@
 Input channels are x ‖ mu ‖ speaker (broadcast over time) ‖ cond. Each block is adaLN with 9
 modulations (attention, causal conv branch, MLP), q/k LayerNorm, full attention over the
 frames the mask keeps. `forward(x, mask, mu, t, spks, cond)` is the export signature
-(ONNX → TensorRT), as in Step-Audio2's TensorRT token2wav.
+(ONNX → TensorRT), as in Step-Audio2's TensorRT token2wav. `forward_chunk` is upstream's
+streaming pass (`DiT.forward_chunk`) for a batch of streams: new frames attend to themselves
+and to each stream's cached keys/values, the conv branch continues from its cached frames.
 """
 from __future__ import annotations
 
@@ -35,6 +37,12 @@ def timestep_frequencies(t: torch.Tensor, dim: int = FREQUENCY_EMBEDDING_SIZE) -
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half).to(t.dtype)
     args = (t * TIME_SCALE)[:, None] * freqs[None, :]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def _last_frames(x: torch.Tensor, ends: torch.Tensor, n: int) -> torch.Tensor:
+    """x [B, C, T] → frames ends[b]−n … ends[b]−1 of each row, [B, C, n]."""
+    index = ends[:, None] - n + torch.arange(n, device=x.device)[None, :]
+    return torch.gather(x, 2, index[:, None, :].expand(-1, x.shape[1], -1))
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -80,6 +88,27 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, heads(self.to_v(x)), attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(b, t, -1))
 
+    def forward_chunk(self, x: torch.Tensor, frames: torch.Tensor, k_cache: torch.Tensor,
+                      v_cache: torch.Tensor, cached: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, T, C] (first frames[b] real); k/v_cache [B, H, S, head_dim] (first cached[b]
+        real) → (out, new k, new v [B, H, T, head_dim]). Keys are [new ‖ cache], as upstream."""
+        b, t, _ = x.shape
+        dev = x.device
+
+        def heads(y: torch.Tensor) -> torch.Tensor:
+            return y.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+
+        q = self.q_norm(heads(self.to_q(x)))
+        k = self.k_norm(heads(self.to_k(x)))
+        v = heads(self.to_v(x))
+        keep = torch.cat([torch.arange(t, device=dev)[None, :] < frames[:, None],
+                          torch.arange(k_cache.shape[2], device=dev)[None, :] < cached[:, None]],
+                         dim=1)[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, torch.cat([k, k_cache], dim=2),
+                                             torch.cat([v, v_cache], dim=2), attn_mask=keep)
+        return self.proj(out.transpose(1, 2).reshape(b, t, -1)), k, v
+
 
 class CausalConvBlock(nn.Module):
     """conv k3 (left pad 2) → LayerNorm → Mish → conv k3; a frame sees only itself and the past.
@@ -100,6 +129,18 @@ class CausalConvBlock(nn.Module):
         y = self.block[1](F.pad(x.transpose(1, 2), (self.pad, 0))).transpose(1, 2)
         y = self.block[4](self.block[3](y))
         return self.block[6](F.pad(y.transpose(1, 2), (self.pad, 0))).transpose(1, 2)
+
+    def forward_chunk(self, x: torch.Tensor, frames: torch.Tensor, cache: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T, C] (first frames[b] real); cache [B, 2C, pad]: each conv's last input
+        frames (conv1's channels first) → (y [B, T, C], new cache)."""
+        c1, c2 = cache.split(cache.shape[1] // 2, dim=1)
+        h = torch.cat([c1, x.transpose(1, 2)], dim=2)
+        new1 = _last_frames(h, frames + self.pad, self.pad)
+        y = self.block[4](self.block[3](self.block[1](h).transpose(1, 2)))
+        h = torch.cat([c2, y.transpose(1, 2)], dim=2)
+        new2 = _last_frames(h, frames + self.pad, self.pad)
+        return self.block[6](h).transpose(1, 2), torch.cat([new1, new2], dim=1)
 
 
 class Mlp(nn.Module):
@@ -129,6 +170,21 @@ class DiTBlock(nn.Module):
                                      attn_mask)
         x = x + gate_conv * self.conv(modulate(plain_norm(x, self.hidden), shift_conv, scale_conv))
         return x + gate_mlp * self.mlp(modulate(plain_norm(x, self.hidden), shift_mlp, scale_mlp))
+
+    def forward_chunk(self, x: torch.Tensor, c: torch.Tensor, frames: torch.Tensor,
+                      cnn_cache: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                      cached: torch.Tensor):
+        (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp,
+         shift_conv, scale_conv, gate_conv) = self.adaLN_modulation(c).chunk(9, dim=-1)
+        att, k, v = self.attn.forward_chunk(
+            modulate(plain_norm(x, self.hidden), shift_msa, scale_msa), frames, k_cache, v_cache,
+            cached)
+        x = x + gate_msa * att
+        conv, cnn = self.conv.forward_chunk(
+            modulate(plain_norm(x, self.hidden), shift_conv, scale_conv), frames, cnn_cache)
+        x = x + gate_conv * conv
+        x = x + gate_mlp * self.mlp(modulate(plain_norm(x, self.hidden), shift_mlp, scale_mlp))
+        return x, cnn, k, v
 
 
 class FinalLayer(nn.Module):
@@ -165,3 +221,22 @@ class DiT(nn.Module):
         for block in self.blocks:
             h = block(h, c, attn_mask)
         return self.final_layer(h, c).transpose(1, 2)
+
+    def forward_chunk(self, x: torch.Tensor, mu: torch.Tensor, t: torch.Tensor, spks: torch.Tensor,
+                      cond: torch.Tensor, frames: torch.Tensor, cnn_cache: torch.Tensor,
+                      k_cache: torch.Tensor, v_cache: torch.Tensor, cached: torch.Tensor):
+        """Streaming velocity. x, mu, cond [B, 80, T] (first frames[b] real); cnn_cache
+        [depth, B, 2·hidden, 2]; k/v_cache [depth, B, H, S, head_dim] (first cached[b] real)
+        → (velocity [B, 80, T], new cnn cache, new keys, new values [depth, B, H, T, head_dim])."""
+        c = self.t_embedder(t)[:, None, :]
+        h = torch.cat([x, mu, spks[:, :, None].expand(-1, -1, x.shape[2]), cond], dim=1)
+        h = self.in_proj(h.transpose(1, 2))
+        cnns, ks, vs = [], [], []
+        for i, block in enumerate(self.blocks):
+            h, cnn, k, v = block.forward_chunk(h, c, frames, cnn_cache[i], k_cache[i], v_cache[i],
+                                               cached)
+            cnns.append(cnn)
+            ks.append(k)
+            vs.append(v)
+        out = self.final_layer(h, c).transpose(1, 2)
+        return out, torch.stack(cnns), torch.stack(ks), torch.stack(vs)

@@ -1,8 +1,11 @@
 """The flow's token encoder: dual-codebook embedding + `UpsampleConformerEncoderV2`.
 
 Attribute names follow the release's module tree, so `flow.pt` tensors (`encoder.embed.out.0.weight`,
-`encoder.encoders.3.self_attn.pos_bias_u`, …) load as they are. Non-streaming only: full
-attention with a key-padding mask, so padded requests in a batch leave the others untouched.
+`encoder.encoders.3.self_attn.pos_bias_u`, …) load as they are. `forward` is the non-streaming
+pass: full attention with a key-padding mask, so padded requests in a batch leave the others
+untouched. `forward_chunk` is upstream's streaming pass (`UpsampleConformerEncoderV2.forward_chunk`)
+for a batch of streams at different positions: each stream's new rows attend to its cached keys
+and to each other (no mask beyond padding), convolutions continue from cached frames.
 """
 from __future__ import annotations
 
@@ -74,6 +77,16 @@ class PreLookaheadLayer(nn.Module):
         y = self.conv2(F.pad(y, (2, 0)))
         return y.transpose(1, 2) + x
 
+    def forward_chunk(self, x: torch.Tensor, rows: torch.Tensor, cache: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, N, D] (each stream's rows then its look-ahead rows, zeros for a last chunk);
+        rows [B] output rows (N − look-ahead at most); cache [B, D, 2]: the last two conv1
+        outputs so far → ([B, N − look-ahead, D], new cache)."""
+        y = F.leaky_relu(self.conv1(x.transpose(1, 2)))
+        new_cache = last_frames(y, rows, 2)
+        y = self.conv2(torch.cat([cache, y], dim=2))
+        return y.transpose(1, 2) + x[:, :y.shape[2]], new_cache
+
 
 class Upsample1D(nn.Module):
     """Nearest ×stride, then a causal conv (left pad 2·stride, kernel 2·stride+1)."""
@@ -87,6 +100,14 @@ class Upsample1D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.interpolate(x.transpose(1, 2), scale_factor=self.scale_factor, mode="nearest")
         return self.conv(F.pad(y, (self.stride * 2, 0))).transpose(1, 2)
+
+    def forward_chunk(self, x: torch.Tensor, rows: torch.Tensor, cache: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T, D], rows [B] valid; cache [B, D, 2·stride] upsampled frames so far."""
+        y = F.interpolate(x.transpose(1, 2), scale_factor=self.scale_factor, mode="nearest")
+        y = torch.cat([cache, y], dim=2)
+        new_cache = last_frames(y, rows * self.stride + 2 * self.stride, 2 * self.stride)
+        return self.conv(y).transpose(1, 2), new_cache
 
 
 class RelPositionMultiHeadedAttention(nn.Module):
@@ -119,6 +140,37 @@ class RelPositionMultiHeadedAttention(nn.Module):
                                              attn_mask=bd / math.sqrt(self.d_k) + key_bias)
         return self.linear_out(out.transpose(1, 2).reshape(b, t, self.h * self.d_k))
 
+    def forward_chunk(self, x: torch.Tensor, rows: torch.Tensor, k_cache: torch.Tensor,
+                      v_cache: torch.Tensor, cached: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, Q, D] new frames (first rows[b] real) at positions cached[b] + i; k/v_cache
+        [B, H, C, d_k] (first cached[b] real) → (out [B, Q, D], new k, new v [B, H, Q, d_k]).
+
+        Keys are laid out [cache ‖ new]; the relative position of query i to key slot j is that
+        stream's absolute distance, as upstream's rel_shift gives for a query block at an offset."""
+        b, t, _ = x.shape
+        c = k_cache.shape[2]
+        dev = x.device
+        q = self.linear_q(x).view(b, t, self.h, self.d_k)
+        k = self.linear_k(x).view(b, t, self.h, self.d_k).transpose(1, 2)
+        v = self.linear_v(x).view(b, t, self.h, self.d_k).transpose(1, 2)
+        span = c + t
+        new_pos = cached[:, None] + torch.arange(t, device=dev)[None, :]
+        key_pos = torch.cat([torch.arange(c, device=dev)[None, :].expand(b, -1), new_pos], dim=1)
+        key_ok = torch.cat([torch.arange(c, device=dev)[None, :] < cached[:, None],
+                            torch.arange(t, device=dev)[None, :] < rows[:, None]], dim=1)
+        table = rel_position_table(span, x.shape[2], dev, x.dtype)  # span-1 … -(span-1)
+        p = self.linear_pos(table).view(-1, self.h, self.d_k).transpose(0, 1)
+        bd = torch.matmul((q + self.pos_bias_v).transpose(1, 2), p.transpose(1, 2))
+        index = (span - 1) - (new_pos[:, :, None] - key_pos[:, None, :])
+        bd = torch.gather(bd, 3, index[:, None].expand(b, self.h, t, span))
+        bias = torch.zeros(key_ok.shape, dtype=x.dtype, device=dev)
+        bias = bias.masked_fill(~key_ok, float("-inf"))[:, None, None, :]
+        out = F.scaled_dot_product_attention(
+            (q + self.pos_bias_u).transpose(1, 2), torch.cat([k_cache, k], dim=2),
+            torch.cat([v_cache, v], dim=2), attn_mask=bd / math.sqrt(self.d_k) + bias)
+        return self.linear_out(out.transpose(1, 2).reshape(b, t, self.h * self.d_k)), k, v
+
 
 class PositionwiseFeedForward(nn.Module):
     def __init__(self, idim: int, hidden_units: int):
@@ -143,6 +195,33 @@ class ConformerEncoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, key_bias: torch.Tensor, pos_table: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.norm_mha(x), key_bias, pos_table)
         return x + self.feed_forward(self.norm_ff(x))
+
+    def forward_chunk(self, x: torch.Tensor, rows: torch.Tensor, k_cache: torch.Tensor,
+                      v_cache: torch.Tensor, cached: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        att, k, v = self.self_attn.forward_chunk(self.norm_mha(x), rows, k_cache, v_cache, cached)
+        x = x + att
+        return x + self.feed_forward(self.norm_ff(x)), k, v
+
+
+def last_frames(x: torch.Tensor, ends: torch.Tensor, n: int) -> torch.Tensor:
+    """x [B, C, T] → [B, C, n]: frames ends[b]−n … ends[b]−1 of each row (a conv cache)."""
+    index = ends[:, None] - n + torch.arange(n, device=x.device)[None, :]
+    return torch.gather(x, 2, index[:, None, :].expand(-1, x.shape[1], -1))
+
+
+@dataclasses.dataclass
+class EncoderChunkCache:
+    """The encoder's streaming state for a batch (padded): conv frames and attention keys/values
+    per layer. `rows` [B] token rows cached; the up blocks hold stride·rows frames."""
+
+    lookahead: torch.Tensor  # [B, D, 2] last two conv1 outputs of the look-ahead layer
+    up: torch.Tensor  # [B, D, 2·stride] last upsampled frames
+    k: torch.Tensor  # [num_blocks, B, H, rows_max, d_k]
+    v: torch.Tensor
+    up_k: torch.Tensor  # [num_up_blocks, B, H, stride·rows_max, d_k]
+    up_v: torch.Tensor
+    rows: torch.Tensor  # [B] int64
 
 
 def key_padding_bias(lengths: torch.Tensor, frames: int, dtype: torch.dtype) -> torch.Tensor:
@@ -181,6 +260,35 @@ class UpsampleConformerEncoderV2(nn.Module):
         xs = self.up_embed(self.up_layer(xs))
         xs = self._blocks(self.up_encoders, xs, lengths * self.up_layer.stride)
         return self.after_norm(xs)
+
+    def forward_chunk(self, xs: torch.Tensor, real_rows: torch.Tensor, rows: torch.Tensor,
+                      cache: EncoderChunkCache) -> tuple[torch.Tensor, EncoderChunkCache]:
+        """One streaming step of B streams. xs [B, N, input_size] embedded rows, real_rows [B]
+        rows given per stream (rows[b] + look-ahead, or rows[b] alone for a stream's last chunk,
+        whose look-ahead upstream fills with zeros after `embed`); rows [B] output rows.
+        → ([B, stride·(N − look-ahead), D], valid stride·rows[b]; the new frames' state, keys
+        and values for the new rows only: the caller appends them to its caches)."""
+        t = xs.shape[1]
+        xs = self.embed(xs)
+        xs = xs * (torch.arange(t, device=xs.device)[None, :, None] < real_rows[:, None, None])
+        xs, lookahead = self.pre_lookahead_layer.forward_chunk(xs, rows, cache.lookahead)
+        ks, vs = [], []
+        for i, layer in enumerate(self.encoders):
+            xs, k, v = layer.forward_chunk(xs, rows, cache.k[i], cache.v[i], cache.rows)
+            ks.append(k)
+            vs.append(v)
+        xs, up = self.up_layer.forward_chunk(xs, rows, cache.up)
+        xs = self.up_embed(xs)
+        stride = self.up_layer.stride
+        up_ks, up_vs = [], []
+        for i, layer in enumerate(self.up_encoders):
+            xs, k, v = layer.forward_chunk(xs, rows * stride, cache.up_k[i], cache.up_v[i],
+                                           cache.rows * stride)
+            up_ks.append(k)
+            up_vs.append(v)
+        new = EncoderChunkCache(lookahead, up, torch.stack(ks), torch.stack(vs),
+                                torch.stack(up_ks), torch.stack(up_vs), rows)
+        return self.after_norm(xs), new
 
     def _blocks(self, layers: nn.ModuleList, xs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         bias = key_padding_bias(lengths, xs.shape[1], xs.dtype)

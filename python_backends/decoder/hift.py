@@ -345,26 +345,31 @@ def _overlap_add(frames: torch.Tensor, hop: int) -> torch.Tensor:
                   stride=(1, hop))[:, 0, 0]
 
 
-@torch.inference_mode()
-def hift_inference(hift: HiFTGenerator, mel: torch.Tensor, mel_lens: Sequence[int] | torch.Tensor,
-                   randomness: Sequence[Randomness]) -> tuple[torch.Tensor, list[int]]:
-    """Batched vocoder. mel [B, 80, T_max] (frames past each length ignored), one seed or CPU
-    generator per request → float32 waveform [B, 480·T_max] on the model's device (zero past
-    each request's end) and each length 480·T_i. Each request equals running it alone."""
-    param = next(hift.parameters())
-    device, dtype = param.device, param.dtype
+def _check_batch(hift: HiFTGenerator, mel: torch.Tensor, mel_lens, randomness, who: str
+                 ) -> list[int]:
     lens = [int(n) for n in (mel_lens.tolist() if torch.is_tensor(mel_lens) else mel_lens)]
     if len(lens) != mel.shape[0] or len(randomness) != mel.shape[0]:
-        raise ValueError(f"hift_inference: {mel.shape[0]} mels, {len(lens)} lengths, "
+        raise ValueError(f"{who}: {mel.shape[0]} mels, {len(lens)} lengths, "
                          f"{len(randomness)} seeds")
     if min(lens) < 1 or max(lens) > mel.shape[2]:
-        raise ValueError(f"hift_inference: mel lengths {lens} outside 1..{mel.shape[2]}")
-    width = max(lens)
-    spf = hift.samples_per_frame
-    frames = torch.tensor(lens, device=device)
-    mel = mel[:, :, :width].to(device=device, dtype=dtype)
-    mel = _masked(mel, _length_mask(frames, width, mel))
+        raise ValueError(f"{who}: mel lengths {lens} outside 1..{mel.shape[2]}")
+    return lens
 
+
+def masked_mel(hift: HiFTGenerator, mel: torch.Tensor, lens: list[int]) -> torch.Tensor:
+    """mel [B, 80, ≥T_max] → [B, 80, T_max] on the model's device/dtype, zero past each length."""
+    param = next(hift.parameters())
+    mel = mel[:, :, :max(lens)].to(device=param.device, dtype=param.dtype)
+    return _masked(mel, _length_mask(torch.tensor(lens, device=param.device), mel.shape[2], mel))
+
+
+def batched_source(hift: HiFTGenerator, mel: torch.Tensor, lens: list[int],
+                   randomness: Sequence[Randomness]) -> torch.Tensor:
+    """Masked mel [B, 80, T_max] (masked_mel) → NSF source [B, 480·T_max] float32; each
+    request's draws come from its own seed or generator (a generator continues)."""
+    device = mel.device
+    width, spf = max(lens), hift.samples_per_frame
+    frames = torch.tensor(lens, device=device)
     # f0 per request: the source phase integrates f0 over the whole utterance, so the last-bit
     # differences a batched conv may make would grow into audible phase differences
     f0 = torch.zeros(len(lens), width, device=device)
@@ -375,8 +380,15 @@ def hift_inference(hift: HiFTGenerator, mel: torch.Tensor, mel_lens: Sequence[in
     noise = torch.zeros(len(lens), width * spf, src.harmonics)
     for i, (n, r) in enumerate(zip(lens, randomness)):
         phases[i:i + 1], noise[i:i + 1, :n * spf] = src.draw(r, n)
-    source = src(f0, phases.to(device), noise.to(device), frames)
+    return src(f0, phases.to(device), noise.to(device), frames)
 
+
+def decode_source(hift: HiFTGenerator, mel: torch.Tensor, source: torch.Tensor,
+                  lens: list[int]) -> torch.Tensor:
+    """Masked mel + source [B, 480·T_max] → waveform [B, 480·T_max] (zero past each end)."""
+    device, dtype = mel.device, mel.dtype
+    width, spf = max(lens), hift.samples_per_frame
+    frames = torch.tensor(lens, device=device)
     pad = hift.n_fft // 2
     window = hift.window
     padded = reflect_pad_rows(source, frames * spf, pad)
@@ -396,8 +408,19 @@ def hift_inference(hift: HiFTGenerator, mel: torch.Tensor, mel_lens: Sequence[in
     envelope = envelope[:, pad:pad + samples]
     valid = _length_mask(frames * spf, samples, envelope)[:, 0] * (envelope > ENVELOPE_FLOOR)
     wave = summed[:, pad:pad + samples] / torch.where(valid > 0, envelope, 1.0) * valid
-    wave = torch.clamp(wave, -hift.audio_limit, hift.audio_limit)
-    return wave, [n * spf for n in lens]
+    return torch.clamp(wave, -hift.audio_limit, hift.audio_limit)
+
+
+@torch.inference_mode()
+def hift_inference(hift: HiFTGenerator, mel: torch.Tensor, mel_lens: Sequence[int] | torch.Tensor,
+                   randomness: Sequence[Randomness]) -> tuple[torch.Tensor, list[int]]:
+    """Batched vocoder. mel [B, 80, T_max] (frames past each length ignored), one seed or CPU
+    generator per request → float32 waveform [B, 480·T_max] on the model's device (zero past
+    each request's end) and each length 480·T_i. Each request equals running it alone."""
+    lens = _check_batch(hift, mel, mel_lens, randomness, "hift_inference")
+    mel = masked_mel(hift, mel, lens)
+    source = batched_source(hift, mel, lens, randomness)
+    return decode_source(hift, mel, source, lens), [n * hift.samples_per_frame for n in lens]
 
 
 @torch.inference_mode()
