@@ -8,7 +8,8 @@
         [--placement vq02=0,vq06=1,llm=0,decoder=1,prompt=1|auto]
         [--editx DIR [--llm-dtype bfloat16|float32] [--flow-dtype float32|bfloat16]
          [--hift-dtype float32|bfloat16] [--max-text-chars N] [--max-prompt-seconds S]
-         [--llm-max-length N] [--max-active-sequences N] [--prompt-cache-entries N] [--no-inner-bos]]
+         [--llm-max-length N] [--max-active-sequences N] [--prompt-cache-entries N] [--no-inner-bos]
+         [--stream-chunk-rows 15,24,48]]
 
 Fills `model_repository/<model>/config.pbtxt.template` into `REPO/<model>/config.pbtxt`, copies
 each `1/model.py`, and writes the settings (absolute weight paths, limits, threads) into every
@@ -139,6 +140,7 @@ class RepositoryOptions:
     llm_max_length: int = EditxSettings.max_length
     max_active_sequences: int = EditxSettings.max_active_sequences
     prompt_cache_entries: int = EditxSettings.prompt_cache_entries
+    stream_chunk_rows: tuple[int, ...] = EditxSettings.stream_chunk_rows  # clone_stream's chunks
     # "vllm": also serve the LLM as `llm_vllm` on Triton's vLLM backend (GPU; build_scripts/vllm_variant.py)
     llm_engine: str = "python"
     flow_engine: str = "torch"  # FLOW_ENGINES
@@ -174,6 +176,14 @@ def check_editx(editx: str | Path) -> Path:
     if missing:
         raise BuildError("EditX weights directory is incomplete; missing: " + ", ".join(missing))
     return editx
+
+
+def parse_rows(text: str, parser: argparse.ArgumentParser) -> tuple[int, ...]:
+    """"15,24,48" → (15, 24, 48); the values are checked by editx_settings."""
+    try:
+        return tuple(int(item) for item in text.split(","))
+    except ValueError:
+        parser.error(f"--stream-chunk-rows must be comma-separated integers, not '{text}'")
 
 
 def parse_instances(text: str | None) -> tuple[tuple[str, int], ...]:
@@ -441,6 +451,10 @@ def editx_settings(editx: Path, options: RepositoryOptions) -> EditxSettings:
     if options.llm_max_length < 2 or options.max_active_sequences < 1 or options.prompt_cache_entries < 0:
         raise BuildError("--llm-max-length must be >= 2, --max-active-sequences >= 1 and "
                          "--prompt-cache-entries >= 0")
+    rows = options.stream_chunk_rows
+    if not rows or any(r < 3 or r % 3 for r in rows):
+        raise BuildError("--stream-chunk-rows must be positive multiples of 3 (token rows: 5 LLM "
+                         f"ids make 3), e.g. 15,24,48, not '{','.join(map(str, rows))}'")
     return EditxSettings(editx_dir=str(editx), llm_dtype=options.llm_dtype,
                          flow_dtype=options.flow_dtype, hift_dtype=options.hift_dtype,
                          num_threads=int(options.num_threads), inner_bos=options.inner_bos,
@@ -449,7 +463,8 @@ def editx_settings(editx: Path, options: RepositoryOptions) -> EditxSettings:
                          max_prompt_seconds=float(options.max_prompt_seconds),
                          max_length=options.llm_max_length,
                          max_active_sequences=options.max_active_sequences,
-                         prompt_cache_entries=options.prompt_cache_entries)
+                         prompt_cache_entries=options.prompt_cache_entries,
+                         stream_chunk_rows=tuple(rows))
 
 
 def build(weights: str | Path, out: str | Path, options: RepositoryOptions = RepositoryOptions(),
@@ -609,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-active-sequences", type=int,
                         default=RepositoryOptions.max_active_sequences,
                         help="LLM continuous batch: sequences decoded together")
+    parser.add_argument("--stream-chunk-rows", default=",".join(map(str, RepositoryOptions.stream_chunk_rows)),
+                        help="clone_stream: token rows per audio chunk, the last repeated (25 rows = "
+                             "1 s; upstream's 15,24,48)")
     parser.add_argument("--prompt-cache-entries", type=int,
                         default=RepositoryOptions.prompt_cache_entries,
                         help="clone: voices whose prompt tokens and features are kept (0: no cache)")
@@ -644,6 +662,7 @@ def main(argv: list[str] | None = None) -> int:
             max_text_chars=args.max_text_chars, max_prompt_seconds=args.max_prompt_seconds,
             llm_max_length=args.llm_max_length, max_active_sequences=args.max_active_sequences,
             prompt_cache_entries=args.prompt_cache_entries, llm_engine=args.llm_engine,
+            stream_chunk_rows=parse_rows(args.stream_chunk_rows, parser),
             flow_engine=args.flow_engine, flow_engine_file=args.flow_engine_file,
             vllm_gpu_memory_utilization=args.vllm_gpu_memory_utilization)
         out = build(args.weights, args.out, options, editx=args.editx)

@@ -15,7 +15,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "vq02": ("vq02", "vq02_encoder"),
     "vq06": ("vq06", "vq06_encoder"),
     "llm": ("llm_stream",),
-    "decoder": ("token2wav",),
+    "decoder": ("token2wav", "clone_stream"),  # clone_stream holds the streaming decoder
     "prompt": ("speaker_embedding", "prompt_features"),
 }
 GPU_MODELS = tuple(m for models in GROUPS.values() for m in models)

@@ -61,7 +61,8 @@ def clone_file(args) -> str:
              f"total {total:.2f} s (real-time factor {total / seconds:.2f})" if seconds else
              f"total {total:.2f} s"]
     if args.stream and client.first_chunk_s is not None:
-        lines.append(f"first chunk after {client.first_chunk_s:.2f} s")
+        lines.append(f"first audio after {client.first_chunk_s:.2f} s, "
+                     f"{len(client.chunk_seconds)} chunks")
     if timing:
         lines.append("server: " + ", ".join(f"{stage} {seconds * 1000:.0f} ms" for stage, seconds
                                             in timing.items() if stage != "prompt_cached")

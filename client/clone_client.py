@@ -3,7 +3,8 @@
     with CloneClient("localhost:8001") as client:
         wave, rate = client.clone(prompt_waveform, prompt_rate, "prompt transcript", "text to say",
                                   seed=7)                      # float32 [S], 24000
-        wave, rate = client.clone(..., stream=True)            # chunks gathered; first_chunk_s set
+        wave, rate = client.clone(..., stream=True)            # chunks gathered; first_chunk_s,
+                                                               # chunk_seconds set
         client.stage_times()                                   # per model, Triton statistics
 
 Bad input raises `TokenizerError` with the server's message (which names the input and the rule).
@@ -30,7 +31,8 @@ class CloneClient(TritonModelClient):
 
     def __init__(self, url: str | None = None, protocol: str = "grpc", timeout_s: float | None = None):
         super().__init__(url, protocol, MODEL, timeout_s)
-        self.first_chunk_s: float | None = None
+        self.first_chunk_s: float | None = None  # last stream: seconds to its first audio
+        self.chunk_seconds: list[float] = []  # last stream: each audio chunk's arrival, from the start
         self.last_timing: dict = {}  # the server's seconds per stage of the last clone
 
     def _input(self, name: str, array: np.ndarray, dtype: str | None = None):
@@ -85,6 +87,7 @@ class CloneClient(TritonModelClient):
         self._client.start_stream(callback=lambda result, error: responses.put((result, error)),
                                   stream_timeout=self.timeout_s)
         chunks, rate = [], 0
+        self.first_chunk_s, self.chunk_seconds = None, []
         try:
             self._client.async_stream_infer(STREAM_MODEL, inputs, enable_empty_final_response=True)
             while True:
@@ -92,9 +95,9 @@ class CloneClient(TritonModelClient):
                 if error is not None:
                     raise as_client_error(error)
                 wave = result.as_numpy("waveform")
-                if wave is not None:
-                    if not chunks:
-                        self.first_chunk_s = time.perf_counter() - start
+                if wave is not None and wave.size:
+                    self.chunk_seconds.append(time.perf_counter() - start)
+                    self.first_chunk_s = self.chunk_seconds[0]
                     chunks.append(wave.reshape(-1))
                     rate = int(result.as_numpy("sample_rate").reshape(-1)[0])
                     self.last_timing = _timing(result)

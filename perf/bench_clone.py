@@ -270,12 +270,12 @@ def first_difference(a: list, b: list) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-STAGES = ("llm", "flow", "hift")
+DTYPE_STAGES = ("llm", "flow", "hift")  # each has its own compute dtype
 
 
 def stage_dtypes(args) -> dict:
     """{llm_dtype, flow_dtype, hift_dtype} as EditxSettings / RepositoryOptions take them."""
-    return {f"{stage}_dtype": getattr(args, f"{stage}_dtype") for stage in STAGES}
+    return {f"{stage}_dtype": getattr(args, f"{stage}_dtype") for stage in DTYPE_STAGES}
 
 
 def checks(runs: dict, gen: Generation, llm_dtype: str) -> dict:
@@ -335,7 +335,7 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--max-new-tokens", type=int, default=126)
     ap.add_argument("--seed", type=int, default=7, help="LLM sampling and HiFT source seed")
     ap.add_argument("--greedy", action="store_true", help="argmax instead of seeded sampling")
-    for stage in STAGES:  # fp32 by default: the reference shares these tensors, ids must match
+    for stage in DTYPE_STAGES:  # fp32 by default: the reference shares these tensors, ids must match
         ap.add_argument(f"--{stage}-dtype", default="float32", choices=["float32", "bfloat16"],
                         help=f"{stage} compute dtype (reference_flow is always fp32; the original "
                              "runs a bfloat16 LLM and a float32 decoder)")
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> dict:
               "checks": checks(runs, gen, args.llm_dtype), "runs": summary(runs)}
 
     print(f"\nvoice clone end to end  machine: {result['machine']}")
-    dtypes = ", ".join(f"{s} {getattr(args, s + '_dtype')}" for s in STAGES)
+    dtypes = ", ".join(f"{s} {getattr(args, s + '_dtype')}" for s in DTYPE_STAGES)
     print(f"preset {args.preset}, {dtypes}, device {args.device}, prompt "
           f"{args.prompt_seconds:g} s espeak-ng, {args.max_new_tokens} new LLM ids "
           f"({result['sampling']}); seconds per stage, RTF = compute s / output s")

@@ -193,7 +193,8 @@ class EditxSettings(DeploymentSettings):
     max_length: int = LLM.max_length  # LLM total length limit (prompt + generated)
     max_active_sequences: int = 16  # LLM continuous batch: sequences decoded together per step
     prompt_cache_entries: int = 64  # clone: prompt tokens / speaker features kept per voice
-    stream_chunk_seconds: float = 1.0  # clone_stream: audio per response
+    # clone_stream's decoder: token rows per chunk, the last repeated (DECODER.stream_chunk_rows)
+    stream_chunk_rows: tuple[int, ...] = DECODER.stream_chunk_rows
     # the flow's DiT estimator: "torch" (flow_dit.DiT) or "onnx" (onnxruntime over the file
     # build_scripts/export_flow_onnx.py writes; CUDA provider when device is cuda:N)
     flow_engine: str = "torch"

@@ -29,7 +29,9 @@ def test_reference_and_ours_generate_the_same_ids_and_waveform(result):
     assert checks["expect_identical_ids"] is True
     assert checks["llm_ids_identical"] is True
     assert checks["llm_ids_first_difference"] is None
-    assert checks["wave_max_abs_diff_reference_ours"] < 1e-4
+    # the per-layer reference flow and ours differ in the last bits (1e-6, tests/test_flow.py);
+    # voiced HiFT integrates that into its sine phase (~1e-2 here); a wrong stage is ~0.3
+    assert checks["wave_max_abs_diff_reference_ours"] < 3e-2
 
 
 def test_output_length_follows_max_new_tokens(result):

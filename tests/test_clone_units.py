@@ -130,7 +130,8 @@ def test_gpu_placement_writes_instance_groups(tmp_path, tiny_weights, tiny_editx
         device="gpu", gpus=(0, 1), placement=(("vq02", 0), ("vq06", 1), ("llm", 1), ("decoder", 0))),
         editx=tiny_editx)
     for model, gpus in (("vq02", [0]), ("vq06", [1]), ("llm_stream", [1]), ("token2wav", [0]),
-                        ("speaker_embedding", [0, 1]), ("prompt_features", [0, 1])):
+                        ("clone_stream", [0]), ("speaker_embedding", [0, 1]),
+                        ("prompt_features", [0, 1])):
         group = config_of(repo, model).instance_group[0]
         assert group.kind == model_config_pb2.ModelInstanceGroup.KIND_GPU and list(group.gpus) == gpus
     for model in ("preprocess", "prompt_builder", "clone", "llm"):

@@ -5,11 +5,13 @@ the scheduler's thread touches the streams themselves. Each pass takes every str
 work (up to `max_batch`, least recently served first, so no stream starves), runs one
 `StreamingToken2Wav.step` for all of them and hands each its audio: `on_audio(chunk)` for a
 chunk, `on_done(last_chunk, None)` once the stream is finished, or `on_done(None, error)` when
-it failed or the scheduler stopped. A cancelled stream is dropped at the next pass.
+it failed or the scheduler stopped. A cancelled stream is dropped at the next pass. A callback
+that raises (its client went away) ends its own stream with that error, never the thread.
 """
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 from typing import Callable
 
@@ -19,6 +21,7 @@ from .streaming import AudioStream, StreamingToken2Wav
 
 AudioCallback = Callable[[np.ndarray], None]
 DoneCallback = Callable[[np.ndarray | None, BaseException | None], None]
+LOG = logging.getLogger(__name__)
 
 
 class SchedulerStopped(RuntimeError):
@@ -54,12 +57,15 @@ class StreamHandle:
 
 
 class StreamScheduler:
-    def __init__(self, decoder: StreamingToken2Wav, max_batch: int, name: str = "stream_decoder"):
+    def __init__(self, decoder: StreamingToken2Wav, max_batch: int, name: str = "stream_decoder",
+                 on_streams: Callable[[int], None] = lambda count: None):
+        """`on_streams(count)` whenever the number of open streams changes (a metric)."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.decoder, self.max_batch = decoder, int(max_batch)
         self.wake = threading.Condition()
         self._handles: collections.OrderedDict[int, StreamHandle] = collections.OrderedDict()
+        self._on_streams, self._reported = on_streams, 0
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -72,6 +78,7 @@ class StreamScheduler:
             if self._stopped:
                 raise SchedulerStopped("the streaming decoder has stopped")
             self._handles[id(handle)] = handle
+            self._report()
             self.wake.notify()
         return handle
 
@@ -89,6 +96,15 @@ class StreamScheduler:
 
     # ------------------------------------------------------------------ the scheduler's thread
 
+    def _report(self) -> None:
+        """Under the lock."""
+        if len(self._handles) != self._reported:
+            self._reported = len(self._handles)
+            try:
+                self._on_streams(self._reported)
+            except Exception:  # noqa: BLE001 - a metric must not stop the decoder
+                LOG.exception("on_streams callback failed")
+
     def _take_inboxes(self) -> list[StreamHandle]:
         """Under the lock: inboxes into the streams, cancelled ones out; → the live handles."""
         live = []
@@ -103,7 +119,7 @@ class StreamScheduler:
                     handle.stream.close()
             except Exception as exc:  # noqa: BLE001 - ids the stream refuses: this stream only
                 del self._handles[key]
-                handle.on_done(None, exc)
+                _call_done(handle, None, exc)
                 continue
             finally:
                 handle.inbox.clear()
@@ -114,7 +130,8 @@ class StreamScheduler:
                 error: BaseException | None) -> None:
         with self.wake:
             self._handles.pop(id(handle), None)
-        handle.on_done(last, error)
+            self._report()
+        _call_done(handle, last, error)
 
     def _run(self) -> None:
         while True:
@@ -123,11 +140,13 @@ class StreamScheduler:
                     if self._stopped:
                         handles = list(self._handles.values())
                         self._handles.clear()
+                        self._report()
                         break
                     live = self._take_inboxes()
                     for handle in live:
                         if handle.stream.done:  # closed without ids: nothing to decode
                             self._handles.pop(id(handle), None)
+                    self._report()
                     ready = [h for h in live if h.stream.ready][:self.max_batch]
                     finished = [h for h in live if h.stream.done]
                     if ready or finished:
@@ -137,10 +156,10 @@ class StreamScheduler:
                     self.wake.wait()
             if self._stopped:
                 for handle in handles:
-                    handle.on_done(None, SchedulerStopped("the server stopped the streaming decoder"))
+                    _call_done(handle, None, SchedulerStopped("the server stopped the streaming decoder"))
                 return
             for handle in finished:
-                handle.on_done(np.zeros(0, np.float32), None)
+                _call_done(handle, np.zeros(0, np.float32), None)
             if ready:
                 self._step(ready)
 
@@ -157,4 +176,14 @@ class StreamScheduler:
             if handle.stream.done:
                 self._finish(handle, wave if wave is not None else np.zeros(0, np.float32), None)
             elif wave is not None and wave.size:
-                handle.on_audio(wave)
+                try:
+                    handle.on_audio(wave)
+                except Exception as exc:  # noqa: BLE001 - e.g. the client is gone: this stream ends
+                    self._finish(handle, None, exc)
+
+
+def _call_done(handle: StreamHandle, last: np.ndarray | None, error: BaseException | None) -> None:
+    try:
+        handle.on_done(last, error)
+    except Exception:  # noqa: BLE001 - a failing callback must not stop the other streams
+        LOG.exception("stream on_done callback failed")

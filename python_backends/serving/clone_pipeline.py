@@ -10,6 +10,10 @@ Stages, each a Triton model called by BLS (python_backends/serving/engine_client
 
 BLS rather than an ensemble because the cache skips a stage conditionally and the LLM is a
 decoupled model; the straight data flow (prompt_encoder) is an ensemble.
+
+`clone_stream` shares the first three stages; instead of token2wav it pushes llm_stream's ids,
+as they come, into the streaming decoder (python_backends.decoder.stream_scheduler), which
+sends each audio chunk as soon as its token chunk and look-ahead are there.
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ import dataclasses
 import json
 import logging
 import os
+import queue
+import threading
 import time
 from typing import Callable
 
@@ -24,7 +30,8 @@ import numpy as np
 
 from . import triton_io
 from .engine_client import EngineClient
-from ..errors import InvalidInput, RequestCancelled
+from ..decoder.stream_scheduler import SchedulerStopped, StreamScheduler
+from ..errors import InvalidInput, RequestCancelled, Unavailable
 from .triton_io import read_text
 from .prompt_cache import PromptCache, PromptFeatures, prompt_key
 from ..settings import DECODER, LLM_ERROR_OUTPUT, EditxSettings
@@ -111,20 +118,24 @@ class ClonePipeline:
             ["input_ids"])
         return out["input_ids"][0]
 
-    def generate(self, req: CloneRequest, input_ids: np.ndarray,
-                 cancelled: Callable[[], bool] | None = None) -> np.ndarray:
-        # streamed, so a cancelled clone stops the LLM between ids
+    def generated_ids(self, req: CloneRequest, input_ids: np.ndarray,
+                      cancelled: Callable[[], bool] | None = None):
+        """llm_stream's ids, chunk by chunk as they come (a cancelled clone stops the LLM)."""
         inputs = {"input_ids": _batched(input_ids.astype(np.int32)),
                   "seed": _batched(np.int64(req.seed)), "stream": _batched(np.bool_(True))}
         inputs.update({k: _batched(v[:1]) for k, v in req.generation.items()})
-        chunks = [r["output_ids"][0] for r in self.models["llm_stream"].stream(
-            inputs, ["output_ids"], cancelled, error_output=LLM_ERROR_OUTPUT)]
+        for response in self.models["llm_stream"].stream(inputs, ["output_ids"], cancelled,
+                                                         error_output=LLM_ERROR_OUTPUT):
+            yield response["output_ids"][0]
+
+    def generate(self, req: CloneRequest, input_ids: np.ndarray,
+                 cancelled: Callable[[], bool] | None = None) -> np.ndarray:
+        chunks = list(self.generated_ids(req, input_ids, cancelled))
         return np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
 
     def decode(self, req: CloneRequest, generated: np.ndarray, features: PromptFeatures) -> np.ndarray:
         if generated.size == 0:
-            raise InvalidInput("target_text", "made the LLM stop before any audio token",
-                               "a text the voice can speak")
+            raise _no_audio()
         out = self.models["token2wav"].infer({
             "target_ids": _batched(generated.astype(np.int32)),
             "prompt_ids": _batched(features.merged_ids.astype(np.int32)),
@@ -133,38 +144,116 @@ class ClonePipeline:
             "seed": _batched(np.int64(req.seed))}, ["waveform"])
         return out["waveform"][0]
 
+    def _prompt(self, req: CloneRequest, times: "_Times", check: Callable[[str], None]
+                ) -> tuple[PromptFeatures, np.ndarray]:
+        """The stages both entry points share → (prompt features, the LLM's input ids)."""
+        t = time.perf_counter()
+        features, hit = self.prompt_features(req)
+        times.record("prompt_cached", hit)
+        times.record("prompt_encoder", time.perf_counter() - t)
+        check("prompt_builder")
+        t = time.perf_counter()
+        input_ids = self.llm_ids(req, features)
+        times.record("prompt_builder", time.perf_counter() - t)
+        check("llm_stream")
+        return features, input_ids
+
     def clone(self, req: CloneRequest, cancelled: Callable[[], bool] = lambda: False
               ) -> tuple[np.ndarray, dict]:
         """(24 kHz float32 waveform, {stage: seconds, "prompt_cached": bool}). `cancelled()` is
         checked between stages and during generation."""
-
-        def check(stage: str) -> None:
-            if cancelled():
-                raise RequestCancelled(f"clone cancelled before {stage}")
-
-        times: dict = {}
-
-        def record(stage: str, value) -> None:
-            times[stage] = value
-            self.on_stage(stage, value)
-
-        t = time.perf_counter()
-        features, hit = self.prompt_features(req)
-        record("prompt_cached", hit)
-        record("prompt_encoder", time.perf_counter() - t)
-        check("prompt_builder")
-        t = time.perf_counter()
-        input_ids = self.llm_ids(req, features)
-        record("prompt_builder", time.perf_counter() - t)
-        check("llm_stream")
+        times, check = _Times(self.on_stage), _checker(cancelled, "clone")
+        features, input_ids = self._prompt(req, times, check)
         t = time.perf_counter()
         generated = self.generate(req, input_ids, cancelled)
-        record("llm", time.perf_counter() - t)
+        times.record("llm", time.perf_counter() - t)
         check("token2wav")
         t = time.perf_counter()
         wave = self.decode(req, generated, features)
-        record("token2wav", time.perf_counter() - t)
-        return wave, times
+        times.record("token2wav", time.perf_counter() - t)
+        return wave, times.snapshot()
+
+    def clone_stream(self, req: CloneRequest, decoder: StreamScheduler,
+                     send: Callable[[np.ndarray, dict], None],
+                     cancelled: Callable[[], bool] = lambda: False,
+                     poll_s: float = 0.1) -> tuple[np.ndarray, dict]:
+        """Streamed clone: `send(chunk, times)` for each audio chunk as the decoder makes it (from
+        the decoder's thread) → (the last chunk, times). Times add `first_audio` (request start
+        to the first chunk) and `token2wav`: the decoder's tail after the LLM's last id."""
+        started = time.perf_counter()
+        times, check = _Times(self.on_stage), _checker(cancelled, "clone_stream")
+        features, input_ids = self._prompt(req, times, check)
+        done: queue.Queue = queue.Queue()
+
+        def on_audio(chunk: np.ndarray) -> None:
+            if "first_audio" not in times:
+                times.record("first_audio", time.perf_counter() - started)
+            send(chunk, times.snapshot())
+
+        handle = decoder.open(features.merged_ids, features.prompt_mel, features.speaker_embedding,
+                              req.seed, on_audio, lambda last, error: done.put((last, error)))
+        try:
+            t, count = time.perf_counter(), 0
+            for ids in self.generated_ids(req, input_ids, cancelled):
+                handle.push(ids)
+                count += ids.size
+            times.record("llm", time.perf_counter() - t)
+            if count == 0:
+                raise _no_audio()
+            handle.close()
+            t = time.perf_counter()
+            while True:
+                try:
+                    last, error = done.get(timeout=poll_s)
+                    break
+                except queue.Empty:
+                    check("the end of decoding")
+            if isinstance(error, SchedulerStopped):
+                raise Unavailable(str(error))
+            if error is not None:
+                check("the end of decoding")  # a send that failed because the client left
+                raise error
+            times.record("token2wav", time.perf_counter() - t)
+            if "first_audio" not in times:
+                times.record("first_audio", time.perf_counter() - started)
+            return last, times.snapshot()
+        finally:
+            handle.cancel()  # a no-op once the stream is finished
+
+
+def _no_audio() -> InvalidInput:
+    return InvalidInput("target_text", "made the LLM stop before any audio token",
+                        "a text the voice can speak")
+
+
+def _checker(cancelled: Callable[[], bool], model: str) -> Callable[[str], None]:
+    def check(stage: str) -> None:
+        if cancelled():
+            raise RequestCancelled(f"{model} cancelled before {stage}")
+    return check
+
+
+class _Times:
+    """One request's {stage: seconds, "prompt_cached": bool}, recorded from the request's thread
+    and read from the decoder's (clone_stream), each value also reported to `on_stage`."""
+
+    def __init__(self, on_stage: Callable[[str, float | bool], None]):
+        self._values: dict = {}
+        self._lock = threading.Lock()
+        self._on_stage = on_stage
+
+    def __contains__(self, stage: str) -> bool:
+        with self._lock:
+            return stage in self._values
+
+    def record(self, stage: str, value) -> None:
+        with self._lock:
+            self._values[stage] = value
+        self._on_stage(stage, value)
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return dict(self._values)
 
 
 def output_tensors(wave: np.ndarray, timing: dict) -> list:

@@ -12,6 +12,7 @@ nothing true about those models. These say what each client got:
 - `step_audio_llm_sequences{model, state}`: the LLM's running (`active`) and waiting
   (`pending`) sequences;
 - `step_audio_llm_generated_ids_total{model}`: ids the LLM chose;
+- `step_audio_decoder_streams{model}`: clone_stream's open decoder streams (each holds caches);
 - `clone_prompt_cache_hits` / `clone_prompt_cache_misses{model}`: one per prompt lookup.
 
 Every call into the stub holds stub.STUB_IPC_LOCK. Without the stub (`pb` None) nothing is
@@ -32,6 +33,7 @@ FAMILIES = {
     "step_audio_stage_duration_seconds": (HISTOGRAM, "seconds of each stage of a clone"),
     "step_audio_llm_sequences": (GAUGE, "LLM sequences running (active) or waiting for a slot (pending)"),
     "step_audio_llm_generated_ids_total": (COUNTER, "ids the LLM generated"),
+    "step_audio_decoder_streams": (GAUGE, "audio streams open in clone_stream's streaming decoder"),
     "clone_prompt_cache_hits": (COUNTER, "clone prompt lookups found in the prompt cache"),
     "clone_prompt_cache_misses": (COUNTER, "clone prompt lookups that ran the prompt encoder"),
 }

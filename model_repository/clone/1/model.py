@@ -3,4 +3,4 @@ from python_backends.serving.clone_model import CloneModel
 
 
 class TritonPythonModel(CloneModel):
-    stream = False
+    pass

@@ -1,6 +1,6 @@
-"""Triton model `clone_stream`: voice clone (python_backends.serving.clone_model; decoupled, the waveform in chunks)."""
-from python_backends.serving.clone_model import CloneModel
+"""Triton model `clone_stream`: voice clone, streamed (python_backends.serving.clone_model; decoupled, audio chunks as they are decoded)."""
+from python_backends.serving.clone_model import CloneStreamModel
 
 
-class TritonPythonModel(CloneModel):
-    stream = True
+class TritonPythonModel(CloneStreamModel):
+    pass
