@@ -39,11 +39,9 @@ class CloneModel:
         req = read_clone_request(request, self.settings)
         wave, times = self._run(req, answer)
         cached = times["prompt_cached"]
-        with stub.STUB_IPC_LOCK:
-            stub.pb().Logger.log_info(
-                f"{self.name}: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items()
-                                             if k != "prompt_cached")
-                + f"; prompt cache {'hit' if cached else 'miss'}")
+        stub.log_info(f"{self.name}: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items()
+                                                   if k != "prompt_cached")
+                      + f"; prompt cache {'hit' if cached else 'miss'}")
         return output_tensors(wave, times)
 
     def _stage_done(self, stage: str, value) -> None:

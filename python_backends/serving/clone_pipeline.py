@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import queue
 import threading
@@ -36,8 +35,6 @@ from .triton_io import read_text
 from .prompt_cache import PromptCache, PromptFeatures, prompt_key
 from ..settings import DECODER, LLM_ERROR_OUTPUT, EditxSettings
 from ..tokenizer.preprocess import validate
-
-LOG = logging.getLogger("clone")
 
 
 @dataclasses.dataclass(frozen=True)
