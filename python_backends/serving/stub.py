@@ -30,18 +30,22 @@ def is_cancelled(request) -> bool:
         return bool(request.is_cancelled())
 
 
-def log_internal(exc: BaseException) -> None:
-    text = "".join(traceback.format_exception(exc))
+def _log(level: str, text: str) -> None:
+    """Triton's log at `level` (log_error / log_warn / log_info), stderr outside the stub."""
     try:
         with STUB_IPC_LOCK:
-            pb().Logger.log_error(text)
+            getattr(pb().Logger, level)(text)
     except Exception:  # outside the stub, or a stub without Logger
         print(text, file=sys.stderr, flush=True)
 
 
+def log_internal(exc: BaseException) -> None:
+    _log("log_error", "".join(traceback.format_exception(exc)))
+
+
 def log_warning(text: str) -> None:
-    try:
-        with STUB_IPC_LOCK:
-            pb().Logger.log_warn(text)
-    except Exception:  # outside the stub
-        print(text, file=sys.stderr, flush=True)
+    _log("log_warn", text)
+
+
+def log_info(text: str) -> None:
+    _log("log_info", text)
