@@ -68,7 +68,8 @@ class DeploymentSettings:
 
     @classmethod
     def from_json(cls, text: str):
-        return cls(**json.loads(text))
+        """JSON arrays come back as the tuples the fields hold (no field is a list)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(text).items()})
 
 PARAFORMER_DIR = "dengcunqin/speech_paraformer-large_asr_nat-zh-cantonese-en-16k-vocab8501-online"
 CENTROIDS_FILE = "linguistic_tokenizer.npy"

@@ -151,7 +151,7 @@ def greedy_reference(weights) -> list[list[int]]:
 
 def test_server_runs_float32_with_the_default_length_limit(llm_settings):
     """What the parity tests below assume."""
-    assert (llm_settings.dtype, llm_settings.max_length) == ("float32", LLM.max_length)
+    assert (llm_settings.llm_dtype, llm_settings.max_length) == ("float32", LLM.max_length)
 
 
 @pytest.mark.parametrize("index", range(len(PROMPTS)))
