@@ -43,6 +43,7 @@ from ..settings import DECODER, LLM
 from .flow import LoadedFlow
 from .flow_stream import FlowChunk, FlowStreamState, flow_chunks, new_flow_state
 from .hift import HiFTGenerator, batched_source, decode_source, masked_mel
+from .token2wav import resize_prompt_mel
 from .token_reshape import GROUP, codes_from_token_ids, reshape_mixed_codes, reshape_token_ids
 
 ROWS_PER_GROUP = 3  # token_reshape: 5 mixed ids → 3 rows
@@ -88,7 +89,6 @@ class AudioStream:
         self.generator = torch.Generator().manual_seed(int(seed))
         self.vocoder = _Vocoder()
         self.codes: list[int] = []  # mixed codes not yet consumed (upstream's token buffer)
-        self.received = 0
         self.chunk_rows = list(decoder.chunk_rows)
         self.set_up = False
         self.closed = False
@@ -101,9 +101,7 @@ class AudioStream:
         if codes.size and int(codes.max()) >= LLM.audio_tokens:
             raise ValueError(f"AudioStream.push: ids must be below "
                              f"{LLM.audio_token_offset + LLM.audio_tokens} (<audio_5119>)")
-        codes = codes.tolist()
-        self.codes += codes
-        self.received += len(codes)
+        self.codes += codes.tolist()
 
     def close(self) -> None:
         self.closed = True
@@ -125,34 +123,37 @@ class AudioStream:
         self.close()
         return self.decoder.drain([self])[0]
 
-    def _next(self, peek: bool = False) -> tuple[str, np.ndarray] | None:
+    def _next(self, peek: bool = False) -> tuple[str, np.ndarray | None] | None:
         """The next unit of work: ("setup" | "chunk" | "last", token rows), consuming the ids
-        unless peek. None: waiting for ids, or done."""
+        unless peek (then no rows are built: `ready` asks on every scheduler pass). None:
+        waiting for ids, or done."""
         if self.done:
             return None
         look = self.decoder.lookahead_ids
         if not self.set_up:
-            if len(self.codes) >= look or (self.closed and self.codes):
-                rows = np.concatenate([self.prompt_rows, reshape_mixed_codes(self.codes[:look])])
-                if not peek:
-                    self.set_up = True
-                return "setup", rows
-            return None
+            if not (len(self.codes) >= look or (self.closed and self.codes)):
+                return None
+            if peek:
+                return "setup", None
+            self.set_up = True
+            return "setup", np.concatenate([self.prompt_rows, reshape_mixed_codes(self.codes[:look])])
         chunk = mixed_ids(self.chunk_rows[0])
         # a closed stream still takes full chunks first: the chunks depend on the ids alone,
         # not on how many arrived before the decoder got to them
         if self.closed and len(self.codes) < chunk + look:
+            if peek:
+                return "last", None
             rows = reshape_mixed_codes(self.codes)
-            if not peek:
-                self.codes, self.done = [], True
+            self.codes, self.done = [], True
             return "last", rows
         if len(self.codes) < chunk + look:
             return None
+        if peek:
+            return "chunk", None
         rows = reshape_mixed_codes(self.codes[:chunk + look])
-        if not peek:
-            self.codes = self.codes[chunk:]
-            if len(self.chunk_rows) > 1:
-                self.chunk_rows.pop(0)
+        self.codes = self.codes[chunk:]
+        if len(self.chunk_rows) > 1:
+            self.chunk_rows.pop(0)
         return "chunk", rows
 
 
@@ -188,9 +189,7 @@ class StreamingToken2Wav:
         resampled to 2 frames per prompt row, as Token2Wav), speaker_embedding [192], seed.
         keep_mels: record each chunk's flow mel in `stream.mels` (tests, diagnostics)."""
         rows = reshape_token_ids(prompt_ids)
-        frames = self.flow.model.up_rate * len(rows)
-        mel = torch.from_numpy(np.ascontiguousarray(prompt_mel, np.float32)).T[None]
-        mel = torch.nn.functional.interpolate(mel, size=frames, mode="nearest")[0].T
+        mel = resize_prompt_mel(prompt_mel, self.flow.model.up_rate * len(rows))
         spk = torch.from_numpy(np.asarray(speaker_embedding, np.float32))
         state = new_flow_state(self.flow.model, spk)
         return AudioStream(self, rows, mel.to(self.device, self.dtype), state, seed, keep_mels)
@@ -227,7 +226,7 @@ class StreamingToken2Wav:
         """`step` until no stream is ready → per stream the audio chunks it produced."""
         out: list[list[np.ndarray]] = [[] for _ in streams]
         while any(s.ready for s in streams):
-            for chunks, wave in zip(out, self.step([s for s in streams])):
+            for chunks, wave in zip(out, self.step(streams)):
                 if wave is not None:
                     chunks.append(wave)
         return out

@@ -20,6 +20,13 @@ from .hift import hift_inference, load_hift
 from .token_reshape import reshape_token_ids
 
 
+def resize_prompt_mel(mel: np.ndarray, frames: int) -> torch.Tensor:
+    """[T, 80] → [frames, 80] float32, nearest (F.interpolate): the tokens come from the trimmed
+    prompt, the mel from the untrimmed one."""
+    x = torch.from_numpy(np.ascontiguousarray(mel, np.float32)).T[None]
+    return F.interpolate(x, size=frames, mode="nearest")[0].T
+
+
 def _pad_rows(rows: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     lens = torch.tensor([len(r) for r in rows])
     out = torch.zeros(len(rows), int(lens.max()), 2, dtype=torch.int64)
@@ -53,9 +60,7 @@ class Token2Wav:
 
     def prompt_mel_frames(self, mel: np.ndarray, prompt_rows: int) -> torch.Tensor:
         """[T, 80] → [up·prompt_rows, 80], nearest (F.interpolate), in the model dtype."""
-        frames = self.flow.model.up_rate * prompt_rows
-        x = torch.from_numpy(np.ascontiguousarray(mel, np.float32)).T[None]
-        return F.interpolate(x, size=frames, mode="nearest")[0].T
+        return resize_prompt_mel(mel, self.flow.model.up_rate * prompt_rows)
 
     @torch.inference_mode()
     def batch(self, items: Sequence[dict]) -> list[np.ndarray]:
