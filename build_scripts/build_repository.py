@@ -139,6 +139,10 @@ class RepositoryOptions:
     max_prompt_seconds: float = EditxSettings.max_prompt_seconds
     llm_max_length: int = EditxSettings.max_length
     max_active_sequences: int = EditxSettings.max_active_sequences
+    llm_pack_weights: bool = EditxSettings.llm_pack_weights  # LLM runtime (README: precision)
+    llm_num_threads: int = EditxSettings.llm_num_threads
+    llm_prefill_budget: int = EditxSettings.llm_prefill_budget
+    llm_cuda_graphs: bool = EditxSettings.llm_cuda_graphs
     prompt_cache_entries: int = EditxSettings.prompt_cache_entries
     stream_chunk_rows: tuple[int, ...] = EditxSettings.stream_chunk_rows  # clone_stream's chunks
     # "vllm": also serve the LLM as `llm_vllm` on Triton's vLLM backend (GPU; build_scripts/vllm_variant.py)
@@ -451,6 +455,9 @@ def editx_settings(editx: Path, options: RepositoryOptions) -> EditxSettings:
     if options.llm_max_length < 2 or options.max_active_sequences < 1 or options.prompt_cache_entries < 0:
         raise BuildError("--llm-max-length must be >= 2, --max-active-sequences >= 1 and "
                          "--prompt-cache-entries >= 0")
+    if options.llm_prefill_budget < 1 or options.llm_num_threads < 0:
+        raise BuildError(f"--llm-prefill-budget must be >= 1 (not {options.llm_prefill_budget}) and "
+                         f"--llm-threads >= 0 (0: every CPU; not {options.llm_num_threads})")
     rows = options.stream_chunk_rows
     if not rows or any(r < 3 or r % 3 for r in rows):
         raise BuildError("--stream-chunk-rows must be positive multiples of 3 (token rows: 5 LLM "
@@ -463,6 +470,10 @@ def editx_settings(editx: Path, options: RepositoryOptions) -> EditxSettings:
                          max_prompt_seconds=float(options.max_prompt_seconds),
                          max_length=options.llm_max_length,
                          max_active_sequences=options.max_active_sequences,
+                         llm_pack_weights=options.llm_pack_weights,
+                         llm_num_threads=options.llm_num_threads,
+                         llm_prefill_budget=options.llm_prefill_budget,
+                         llm_cuda_graphs=options.llm_cuda_graphs,
                          prompt_cache_entries=options.prompt_cache_entries,
                          stream_chunk_rows=tuple(rows))
 
@@ -624,6 +635,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-active-sequences", type=int,
                         default=RepositoryOptions.max_active_sequences,
                         help="LLM continuous batch: sequences decoded together")
+    parser.add_argument("--llm-prefill-budget", type=int, default=RepositoryOptions.llm_prefill_budget,
+                        help="LLM: prompt ids prefilled per step, shared by the waiting requests and "
+                             "run in the same forward as the decode batch")
+    parser.add_argument("--llm-threads", type=int, default=RepositoryOptions.llm_num_threads,
+                        help="CPU: llm_stream's torch threads (0: every CPU, whatever --num-threads)")
+    parser.add_argument("--no-llm-pack", dest="llm_pack_weights", action="store_false",
+                        help="CPU bfloat16: keep F.linear instead of oneDNN-prepacked weights (same ids)")
+    parser.add_argument("--llm-cuda-graphs", action="store_true",
+                        help="GPU: replay LLM decode steps as CUDA graphs (perf/device_check.py checks them)")
     parser.add_argument("--stream-chunk-rows", default=",".join(map(str, RepositoryOptions.stream_chunk_rows)),
                         help="clone_stream: token rows per audio chunk, the last repeated (25 rows = "
                              "1 s; upstream's 15,24,48)")
@@ -661,6 +681,8 @@ def main(argv: list[str] | None = None) -> int:
             inner_bos=args.inner_bos,
             max_text_chars=args.max_text_chars, max_prompt_seconds=args.max_prompt_seconds,
             llm_max_length=args.llm_max_length, max_active_sequences=args.max_active_sequences,
+            llm_pack_weights=args.llm_pack_weights, llm_num_threads=args.llm_threads,
+            llm_prefill_budget=args.llm_prefill_budget, llm_cuda_graphs=args.llm_cuda_graphs,
             prompt_cache_entries=args.prompt_cache_entries, llm_engine=args.llm_engine,
             stream_chunk_rows=parse_rows(args.stream_chunk_rows, parser),
             flow_engine=args.flow_engine, flow_engine_file=args.flow_engine_file,

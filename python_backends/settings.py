@@ -193,6 +193,13 @@ class EditxSettings(DeploymentSettings):
     max_sample_rate: int = 192000
     max_length: int = LLM.max_length  # LLM total length limit (prompt + generated)
     max_active_sequences: int = 16  # LLM continuous batch: sequences decoded together per step
+    # Step1 runtime (python_backends/llm; measurements in perf/RESULTS.md, "Step1 decode")
+    llm_pack_weights: bool = True  # CPU bfloat16: every Linear prepacked for oneDNN (same ids)
+    llm_num_threads: int = 0  # llm_stream's torch threads; 0: every CPU the process may use
+    llm_prefill_budget: int = 512  # prompt ids prefilled per step, shared by waiting requests
+    # GPU: decode steps as CUDA graphs per batch bucket (python_backends/llm/static_decode.py);
+    # off until perf/device_check.py has compared its ids with the eager path's on a GPU
+    llm_cuda_graphs: bool = False
     prompt_cache_entries: int = 64  # clone: prompt tokens / speaker features kept per voice
     # clone_stream's decoder: token rows per chunk, the last repeated (DECODER.stream_chunk_rows)
     stream_chunk_rows: tuple[int, ...] = DECODER.stream_chunk_rows

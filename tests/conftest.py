@@ -32,6 +32,42 @@ def torch_one_thread():
     torch.set_num_threads(threads)
 
 
+# Step1 prompts shared by the LLM tests: text ids, audio ids (>= 65536) and the specials mixed
+STEP1_PROMPTS = [
+    [1, 4, 100, 200, 65541, 66536, 3, 4, 77],
+    [1, 4, 9, 70655, 12],
+    [1, 4] + list(range(65600, 65614)) + [3, 4, 5],
+    [1, 4, 5000, 3, 4, 6000, 7000, 65536],
+    [2] * 3 + [65537, 65538],
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_step1_dir(tmp_path_factory) -> Path:
+    """A tiny synthetic Step1 checkpoint (seed 0), written once per session."""
+    from build_scripts.synthetic.step1_checkpoint import write_step1_checkpoint
+
+    out = tmp_path_factory.mktemp("step1_tiny")
+    write_step1_checkpoint(out, "tiny", seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def step1(tiny_step1_dir):
+    """That checkpoint loaded in float32 on the CPU (read-only for the tests)."""
+    from python_backends.llm.step1_model import load_step1
+
+    return load_step1(tiny_step1_dir)
+
+
+@pytest.fixture(scope="session")
+def ref_weights(tiny_step1_dir):
+    """That checkpoint's tensors for the plain reference (python_backends/llm/reference.py)."""
+    from python_backends.llm.reference import reference_weights
+
+    return reference_weights(tiny_step1_dir)
+
+
 @pytest.fixture(scope="session")
 def tiny_weights() -> Path:
     from build_scripts.make_synthetic_weights import build

@@ -13,6 +13,7 @@ from tritonclient.grpc import model_config_pb2
 
 from build_scripts import placement as pl
 from build_scripts.build_repository import BuildError, RepositoryOptions, build
+from build_scripts.build_repository import main as build_main
 from python_backends.errors import InvalidInput
 from python_backends.decoder.prompt_audio import prompt_audio
 from python_backends.serving.prompt_cache import PromptCache, PromptFeatures, prompt_key
@@ -166,6 +167,25 @@ def test_precision_is_per_stage_and_defaults_to_the_originals_mix(tmp_path, tiny
     assert next(mixed.hift.parameters()).dtype == torch.float32
     with pytest.raises(BuildError, match="--hift-dtype must be one of float32, bfloat16, not 'float16'"):
         build(tiny_weights, tmp_path / "bad", RepositoryOptions(hift_dtype="float16"), editx=tiny_editx)
+
+
+def test_llm_runtime_options_reach_llm_stream_and_bad_ones_are_refused(tmp_path, tiny_weights,
+                                                                          tiny_editx):
+    def runtime(repo):
+        settings = EditxSettings.from_json(
+            config_of(repo, "llm_stream").parameters["editx_settings"].string_value)
+        return (settings.llm_pack_weights, settings.llm_num_threads, settings.llm_prefill_budget,
+                settings.llm_cuda_graphs)
+
+    assert runtime(build(tiny_weights, tmp_path / "default", editx=tiny_editx)) == (True, 0, 512, False)
+    assert build_main(["--weights", str(tiny_weights), "--out", str(tmp_path / "set"),
+                       "--editx", str(tiny_editx), "--no-llm-pack", "--llm-threads", "3",
+                       "--llm-prefill-budget", "64", "--llm-cuda-graphs"]) == 0
+    assert runtime(tmp_path / "set") == (False, 3, 64, True)
+    with pytest.raises(BuildError, match="--llm-prefill-budget must be >= 1 \\(not 0\\)"):
+        build(tiny_weights, tmp_path / "bad", RepositoryOptions(llm_prefill_budget=0), editx=tiny_editx)
+    with pytest.raises(BuildError, match="--llm-threads >= 0 \\(0: every CPU; not -1\\)"):
+        build(tiny_weights, tmp_path / "bad", RepositoryOptions(llm_num_threads=-1), editx=tiny_editx)
 
 
 def test_incomplete_editx_directory_is_named(tmp_path, tiny_weights):

@@ -7,48 +7,23 @@ import time
 
 import pytest
 import torch
+from conftest import STEP1_PROMPTS as PROMPTS
 
-from build_scripts.synthetic.step1_checkpoint import write_step1_checkpoint
 from python_backends.errors import InvalidInput, RequestCancelled
 from python_backends.llm.generator import BatchedGenerator, GeneratorStopped
-from python_backends.llm.reference import (reference_forward, reference_generate,
-                                           reference_weights)
+from python_backends.llm.reference import reference_forward, reference_generate
 from python_backends.llm.sampling import SamplingParams, next_token, repetition_banned
 from python_backends.llm.step1_model import load_step1
 
 torch.set_num_threads(1)
 EOT = 3
-PROMPTS = [
-    [1, 4, 100, 200, 65541, 66536, 3, 4, 77],
-    [1, 4, 9, 70655, 12],
-    [1, 4] + list(range(65600, 65614)) + [3, 4, 5],
-    [1, 4, 5000, 3, 4, 6000, 7000, 65536],
-    [2] * 3 + [65537, 65538],
-]
 GREEDY = SamplingParams(greedy=True, max_length=40)
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("step1_tiny")
-    write_step1_checkpoint(out, "tiny", seed=0)
-    return out
-
-
-@pytest.fixture(scope="module")
-def model(tiny_dir):
-    return load_step1(tiny_dir)
-
-
-@pytest.fixture(scope="module")
-def weights(tiny_dir):
-    return reference_weights(tiny_dir)
-
-
-@pytest.fixture(scope="module")
-def alone(model):
+def alone(step1):
     """Greedy output of each prompt generated on its own."""
-    gen = BatchedGenerator(model, max_active=1)
+    gen = BatchedGenerator(step1, max_active=1)
     return [gen.generate([p], [GREEDY])[0] for p in PROMPTS]
 
 
@@ -61,15 +36,15 @@ def collect(gen, prompt, params, results, key, tokens=None):
 
 # --------------------------------------------------------------------------- greedy batching
 
-def test_greedy_alone_equals_reference_generate(alone, weights):
+def test_greedy_alone_equals_reference_generate(alone, ref_weights):
     for prompt, ids in zip(PROMPTS, alone):
-        assert ids == reference_generate(weights, prompt, GREEDY)
+        assert ids == reference_generate(ref_weights, prompt, GREEDY)
         assert len(ids) == GREEDY.max_length - len(prompt) - 1  # no EOT: the limit stopped it
         assert len(set(ids)) > len(ids) // 2  # random weights, but not a degenerate loop
 
 
-def test_requests_joining_at_different_steps_equal_each_alone(model, alone):
-    gen = BatchedGenerator(model, max_active=3)  # fewer slots than requests: some must wait
+def test_requests_joining_at_different_steps_equal_each_alone(step1, alone):
+    gen = BatchedGenerator(step1, max_active=3)  # fewer slots than requests: some must wait
     results, streamed = {}, {}
     joins = {0: [0, 1], 2: [2], 5: [3], 6: [4]}  # step number → prompts submitted before it
     step = 0
@@ -84,8 +59,8 @@ def test_requests_joining_at_different_steps_equal_each_alone(model, alone):
     assert gen.active_count == 0 and gen.cache.capacity == 0  # idle: cache memory released
 
 
-def test_concurrent_submits_on_the_background_thread(model, alone):
-    gen = BatchedGenerator(model, max_active=16)
+def test_concurrent_submits_on_the_background_thread(step1, alone):
+    gen = BatchedGenerator(step1, max_active=16)
     gen.start()
     try:
         results = {}
@@ -107,8 +82,8 @@ def test_concurrent_submits_on_the_background_thread(model, alone):
 
 # --------------------------------------------------------------------------- sampling
 
-def test_seeded_sampling_is_reproducible_and_batch_independent(model, weights):
-    gen = BatchedGenerator(model, max_active=8)
+def test_seeded_sampling_is_reproducible_and_batch_independent(step1, ref_weights):
+    gen = BatchedGenerator(step1, max_active=8)
     seeded = [SamplingParams(seed=s, max_length=36) for s in (11, 11, 12)]
     prompt = PROMPTS[0]
     a, b, c = gen.generate([prompt] * 3, seeded)
@@ -117,12 +92,12 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(model, weights):
     # in a batch with other requests, and in the HF-style reference loop: the same ids
     batch = gen.generate(PROMPTS[1:] + [prompt], [GREEDY] * 4 + [seeded[0]])
     assert batch[-1] == a
-    assert reference_generate(weights, prompt, seeded[0]) == a
-    assert reference_generate(weights, prompt, seeded[2]) == c
+    assert reference_generate(ref_weights, prompt, seeded[0]) == a
+    assert reference_generate(ref_weights, prompt, seeded[2]) == c
 
 
-def test_unseeded_requests_differ(model):
-    gen = BatchedGenerator(model, max_active=2)
+def test_unseeded_requests_differ(step1):
+    gen = BatchedGenerator(step1, max_active=2)
     params = SamplingParams(max_length=30)
     x, y = gen.generate([PROMPTS[0]] * 2, [params, params])
     assert x != y
@@ -144,10 +119,10 @@ def test_ban_unit_newest_id_repeated_in_last_10():
         assert next_token(logits, window[1:], params, params.new_generator("cpu")) == 42
 
 
-def test_ban_in_generation_with_all_equal_logits(model, tiny_dir, weights):
+def test_ban_in_generation_with_all_equal_logits(step1, tiny_step1_dir, ref_weights):
     """With the final norm zeroed every logit is 0: argmax is id 0 unless banned. The ban turns
     0,0,0,... into 0,0,1,0,1,0,... (0 banned once it repeats; 1 when it repeats)."""
-    flat = load_step1(tiny_dir)
+    flat = load_step1(tiny_step1_dir)
     with torch.no_grad():
         flat.model.norm.weight.zero_()
     prompt = list(range(5, 15))
@@ -159,9 +134,9 @@ def test_ban_in_generation_with_all_equal_logits(model, tiny_dir, weights):
 
 # --------------------------------------------------------------------------- stops
 
-def test_max_length_stop_drops_the_last_id_like_the_original(model, alone):
+def test_max_length_stop_drops_the_last_id_like_the_original(step1, alone):
     prompt, full = PROMPTS[1], alone[1]
-    gen = BatchedGenerator(model)
+    gen = BatchedGenerator(step1)
     limit = len(prompt) + 6
     results, streamed = {}, {}
     collect(gen, prompt, SamplingParams(greedy=True, max_length=limit), results, "orig", streamed)
@@ -173,11 +148,11 @@ def test_max_length_stop_drops_the_last_id_like_the_original(model, alone):
     assert results["keep"] == streamed["keep"] == full[:6]
 
 
-def test_eot_stops_and_is_dropped(tiny_dir, alone, weights):
+def test_eot_stops_and_is_dropped(tiny_step1_dir, alone, ref_weights):
     """Swap lm_head rows of <|EOT|> and the k-th greedy id: generation now ends there."""
     prompt, full = PROMPTS[0], alone[0]
     k = next(i for i in range(2, len(full)) if full[i] not in full[:i] + prompt)
-    swapped = load_step1(tiny_dir)
+    swapped = load_step1(tiny_step1_dir)
     with torch.no_grad():
         head = swapped.lm_head.weight
         head[[EOT, full[k]]] = head[[full[k], EOT]].clone()
@@ -194,8 +169,8 @@ def test_eot_stops_and_is_dropped(tiny_dir, alone, weights):
 
 # --------------------------------------------------------------------------- input and failures
 
-def test_bad_input_is_refused_at_submit(model):
-    gen = BatchedGenerator(model)
+def test_bad_input_is_refused_at_submit(step1):
+    gen = BatchedGenerator(step1)
 
     def submit(prompt, **kw):
         gen.submit(prompt, SamplingParams(**kw), None, lambda ids, err: None)
@@ -223,8 +198,8 @@ def test_defaults_are_the_original_sampling():
             params.drop_last) == (0.7, 50, False, 8192, True)
 
 
-def test_a_failing_callback_ends_only_its_request(model, alone):
-    gen = BatchedGenerator(model)
+def test_a_failing_callback_ends_only_its_request(step1, alone):
+    gen = BatchedGenerator(step1)
     results = {}
 
     def explode(ids):
@@ -238,8 +213,8 @@ def test_a_failing_callback_ends_only_its_request(model, alone):
     assert results["good"] == alone[1]
 
 
-def test_stop_ends_unfinished_requests(model):
-    gen = BatchedGenerator(model)
+def test_stop_ends_unfinished_requests(step1):
+    gen = BatchedGenerator(step1)
     results = {}
     collect(gen, PROMPTS[0], GREEDY, results, "a")
     gen.step()
@@ -252,10 +227,10 @@ def test_stop_ends_unfinished_requests(model):
 # --------------------------------------------------------------------------- CUDA (lent GPU only)
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_generation_matches_cpu(tiny_dir, alone, weights):
-    cuda = load_step1(tiny_dir, device="cuda")
+def test_cuda_generation_matches_cpu(tiny_step1_dir, alone, ref_weights):
+    cuda = load_step1(tiny_step1_dir, device="cuda")
     logits = cuda(torch.tensor([PROMPTS[0]]), cuda.new_cache(1), 0, [0], all_logits=True)[0]
-    reference, _ = reference_forward(weights, PROMPTS[0])
+    reference, _ = reference_forward(ref_weights, PROMPTS[0])
     torch.testing.assert_close(logits.cpu(), reference, rtol=0, atol=1e-4)
     gen = BatchedGenerator(cuda, max_active=4)
     assert gen.generate(PROMPTS, [GREEDY] * len(PROMPTS)) == alone
@@ -266,10 +241,10 @@ def test_cuda_generation_matches_cpu(tiny_dir, alone, weights):
     assert gen.generate([PROMPTS[0]], [seeded])[0] == first
 
 
-def test_cancelled_request_ends_and_frees_its_slot(model, alone):
+def test_cancelled_request_ends_and_frees_its_slot(step1, alone):
     """A request whose cancelled() turns true ends with RequestCancelled at the next check and
     leaves its slot; the others are unaffected."""
-    gen = BatchedGenerator(model, max_active=2, cancel_check_steps=2)
+    gen = BatchedGenerator(step1, max_active=2, cancel_check_steps=2)
     polls = []
     done = {}
 
@@ -290,10 +265,10 @@ def test_cancelled_request_ends_and_frees_its_slot(model, alone):
     assert gen.active_count == 0 and steps < GREEDY.max_length
 
 
-def test_finished_requests_are_never_polled(model):
+def test_finished_requests_are_never_polled(step1):
     """A request that ends in its prefill (max_length = prompt + 1) is never asked cancelled()
     again: Triton 2.51 crashes when a sender is asked after its final response."""
-    gen = BatchedGenerator(model, max_active=4, cancel_check_steps=1)
+    gen = BatchedGenerator(step1, max_active=4, cancel_check_steps=1)
     polls, results = [], []
     for i in range(24):
         one = SamplingParams(greedy=True, max_length=len(PROMPTS[0]) + 1)
@@ -312,8 +287,8 @@ def test_finished_requests_are_never_polled(model):
     assert polls and not [p for p in polls if p[1]]  # polled before its prefill, never after
 
 
-def test_cancel_by_key_stops_running_waiting_and_early_requests(model, alone):
-    gen = BatchedGenerator(model, max_active=1)
+def test_cancel_by_key_stops_running_waiting_and_early_requests(step1, alone):
+    gen = BatchedGenerator(step1, max_active=1)
     done = {}
     long = SamplingParams(greedy=True, max_length=len(PROMPTS[0]) + 500)
 
@@ -339,9 +314,9 @@ def test_cancel_by_key_stops_running_waiting_and_early_requests(model, alone):
     assert done["other"] == (alone[1], None)
 
 
-def test_on_step_reports_active_pending_and_generated_ids(model):
+def test_on_step_reports_active_pending_and_generated_ids(step1):
     seen = []
-    gen = BatchedGenerator(model, max_active=1, on_step=lambda *a: seen.append(a))
+    gen = BatchedGenerator(step1, max_active=1, on_step=lambda *a: seen.append(a))
     gen.start()
     try:
         ten = SamplingParams(greedy=True, max_length=len(PROMPTS[0]) + 10)

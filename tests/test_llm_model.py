@@ -13,9 +13,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from build_scripts.synthetic.step1_checkpoint import (PRESETS, WEIGHTS_FILE,
-                                                      write_step1_checkpoint)
-from python_backends.llm.reference import reference_forward, reference_weights
+from build_scripts.synthetic.step1_checkpoint import PRESETS, WEIGHTS_FILE, write_step1_checkpoint
+from python_backends.llm.reference import reference_forward
 from python_backends.llm.step1_config import Step1Config, TiedEmbeddingsError
 from python_backends.llm.step1_model import (INDEX_FILE, alibi_slopes, expected_tensors,
                                              load_step1, sqrt_alibi_bias)
@@ -26,23 +25,6 @@ PROMPTS = [
     [1, 4, 9, 65536 + 5119, 12],
     [1, 4] + list(range(65600, 65614)) + [3, 4, 5],
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("step1_tiny")
-    write_step1_checkpoint(out, "tiny", seed=0)
-    return out
-
-
-@pytest.fixture(scope="module")
-def model(tiny_dir):
-    return load_step1(tiny_dir)
-
-
-@pytest.fixture(scope="module")
-def weights(tiny_dir):
-    return reference_weights(tiny_dir)
 
 
 # --------------------------------------------------------------------------- sqrt-ALiBi
@@ -83,63 +65,63 @@ def test_sqrt_alibi_bias_equals_the_formula_for_48_heads():
 
 # --------------------------------------------------------------------------- forward pass
 
-def test_forward_equals_reference_on_a_whole_prompt(model, weights):
+def test_forward_equals_reference_on_a_whole_prompt(step1, ref_weights):
     for prompt in PROMPTS:
-        cache = model.new_cache(1)
-        ours = model(torch.tensor([prompt]), cache, 0, [0], all_logits=True)[0]
-        ref, _ = reference_forward(weights, prompt)
+        cache = step1.new_cache(1)
+        ours = step1(torch.tensor([prompt]), cache, 0, [0], all_logits=True)[0]
+        ref, _ = reference_forward(ref_weights, prompt)
         assert ours.shape == (len(prompt), 74752) and ours.dtype == torch.float32
         torch.testing.assert_close(ours, ref, rtol=0, atol=2e-5)
         assert ref[:, 65536:70656].std() > 1.0  # the synthetic logits are spread, not all equal
 
 
-def test_chunked_prefill_equals_reference(model, weights):
+def test_chunked_prefill_equals_reference(step1, ref_weights):
     prompt = PROMPTS[2]
-    cache = model.new_cache(2)
+    cache = step1.new_cache(2)
     parts = [prompt[:4], prompt[4:11], prompt[11:]]
     start, outs = 0, []
     for part in parts:
-        outs.append(model(torch.tensor([part]), cache, 1, [start],
+        outs.append(step1(torch.tensor([part]), cache, 1, [start],
                           all_logits=True)[0])
         start += len(part)
-    ref, _ = reference_forward(weights, prompt)
+    ref, _ = reference_forward(ref_weights, prompt)
     torch.testing.assert_close(torch.cat(outs), ref, rtol=0, atol=2e-5)
 
 
-def test_decode_batch_of_different_lengths_equals_reference_and_each_alone(model, weights):
+def test_decode_batch_of_different_lengths_equals_reference_and_each_alone(step1, ref_weights):
     """Three sequences of lengths 9, 5, 19 decode one id each in one batched forward."""
-    batch_cache = model.new_cache(3)
+    batch_cache = step1.new_cache(3)
     for slot, prompt in enumerate(PROMPTS):
-        model(torch.tensor([prompt]), batch_cache, slot, [0])
+        step1(torch.tensor([prompt]), batch_cache, slot, [0])
     nxt = [[70000], [65536], [42]]
-    batched = model(torch.tensor(nxt), batch_cache, 0, [len(p) for p in PROMPTS])
+    batched = step1(torch.tensor(nxt), batch_cache, 0, [len(p) for p in PROMPTS])
     assert batched.shape == (3, 74752)
     for row, prompt in enumerate(PROMPTS):
-        ref, _ = reference_forward(weights, prompt + nxt[row])
+        ref, _ = reference_forward(ref_weights, prompt + nxt[row])
         torch.testing.assert_close(batched[row], ref[-1], rtol=0, atol=2e-5)
-        alone_cache = model.new_cache(1)
-        model(torch.tensor([prompt]), alone_cache, 0, [0])
-        alone = model(torch.tensor([nxt[row]]), alone_cache, 0, [len(prompt)])
+        alone_cache = step1.new_cache(1)
+        step1(torch.tensor([prompt]), alone_cache, 0, [0])
+        alone = step1(torch.tensor([nxt[row]]), alone_cache, 0, [len(prompt)])
         torch.testing.assert_close(batched[row], alone[0], rtol=0, atol=1e-5)
 
 
-def test_cache_growth_and_slot_move_keep_the_sequence(model, weights):
+def test_cache_growth_and_slot_move_keep_the_sequence(step1, ref_weights):
     prompt = PROMPTS[0]
-    cache = model.new_cache(2)
+    cache = step1.new_cache(2)
     cache.initial_capacity = 4
-    model(torch.tensor([prompt]), cache, 1, [0])
+    step1(torch.tensor([prompt]), cache, 1, [0])
     assert cache.capacity >= len(prompt)
     cache.move(1, 0, len(prompt))
-    out = model(torch.tensor([[7]]), cache, 0, [len(prompt)])
-    ref, _ = reference_forward(weights, prompt + [7])
+    out = step1(torch.tensor([[7]]), cache, 0, [len(prompt)])
+    ref, _ = reference_forward(ref_weights, prompt + [7])
     torch.testing.assert_close(out[0], ref[-1], rtol=0, atol=2e-5)
 
 
-def test_bf16_forward_stays_close_to_fp32(tiny_dir, weights):
-    bf16 = load_step1(tiny_dir, dtype=torch.bfloat16)
+def test_bf16_forward_stays_close_to_fp32(tiny_step1_dir, ref_weights):
+    bf16 = load_step1(tiny_step1_dir, dtype=torch.bfloat16)
     prompt = PROMPTS[0]
     ours = bf16(torch.tensor([prompt]), bf16.new_cache(1), 0, [0])[0]
-    ref, _ = reference_forward(weights, prompt)
+    ref, _ = reference_forward(ref_weights, prompt)
     assert ours.dtype == torch.float32
     assert (ours - ref[-1]).abs().max() < 0.25 * ref[-1].std()
 
@@ -154,28 +136,28 @@ def test_full_preset_has_the_release_tensor_count_and_parameters():
     assert shapes["lm_head.weight"] == (74752, 3072)
 
 
-def test_tiny_checkpoint_files_names_and_dtypes(tiny_dir):
-    config = json.loads((tiny_dir / "config.json").read_text())
+def test_tiny_checkpoint_files_names_and_dtypes(tiny_step1_dir):
+    config = json.loads((tiny_step1_dir / "config.json").read_text())
     assert config["architectures"] == ["Step1ForCausalLM"] and config["model_type"] == "step1"
     assert config["tie_word_embeddings"] is False and config["torch_dtype"] == "bfloat16"
     assert (config["vocab_size"], config["eos_token_id"], config["bos_token_id"],
             config["pad_token_id"]) == (74752, 3, 1, 0)
-    index = json.loads((tiny_dir / INDEX_FILE).read_text())
-    with safe_open(tiny_dir / WEIGHTS_FILE, framework="pt") as f:
+    index = json.loads((tiny_step1_dir / INDEX_FILE).read_text())
+    with safe_open(tiny_step1_dir / WEIGHTS_FILE, framework="pt") as f:
         names = set(f.keys())
         assert f.get_tensor("lm_head.weight").dtype == torch.bfloat16
         assert f.metadata() == {"format": "pt"}
-    expected = expected_tensors(Step1Config.from_dir(tiny_dir))
+    expected = expected_tensors(Step1Config.from_dir(tiny_step1_dir))
     assert names == set(expected) == set(index["weight_map"])
     assert "model.layers.1.mlp.down_proj.weight" in names
     assert not any(n.endswith(".bias") for n in names)
 
 
-def test_same_seed_same_bytes_other_seed_other_weights(tmp_path, tiny_dir):
+def test_same_seed_same_bytes_other_seed_other_weights(tmp_path, tiny_step1_dir):
     write_step1_checkpoint(tmp_path / "a", "tiny", seed=0)
     write_step1_checkpoint(tmp_path / "b", "tiny", seed=1)
     same = (tmp_path / "a" / WEIGHTS_FILE).read_bytes()
-    assert same == (tiny_dir / WEIGHTS_FILE).read_bytes()
+    assert same == (tiny_step1_dir / WEIGHTS_FILE).read_bytes()
     assert same != (tmp_path / "b" / WEIGHTS_FILE).read_bytes()
 
 
@@ -186,9 +168,9 @@ def test_unknown_preset_is_refused(tmp_path):
 
 # --------------------------------------------------------------------------- loader refusals
 
-def _copy(tiny_dir, tmp_path):
+def _copy(tiny_step1_dir, tmp_path):
     out = tmp_path / "ckpt"
-    shutil.copytree(tiny_dir, out)
+    shutil.copytree(tiny_step1_dir, out)
     return out
 
 
@@ -201,8 +183,8 @@ def _rewrite(ckpt, change):
     (ckpt / INDEX_FILE).unlink()
 
 
-def test_tie_word_embeddings_true_is_refused(tiny_dir, tmp_path):
-    ckpt = _copy(tiny_dir, tmp_path)
+def test_tie_word_embeddings_true_is_refused(tiny_step1_dir, tmp_path):
+    ckpt = _copy(tiny_step1_dir, tmp_path)
     config = json.loads((ckpt / "config.json").read_text())
     config["tie_word_embeddings"] = True
     (ckpt / "config.json").write_text(json.dumps(config))
@@ -212,8 +194,8 @@ def test_tie_word_embeddings_true_is_refused(tiny_dir, tmp_path):
     assert "'tie_word_embeddings' is true" in str(info.value)
 
 
-def test_missing_lm_head_is_refused_as_tied(tiny_dir, tmp_path):
-    ckpt = _copy(tiny_dir, tmp_path)
+def test_missing_lm_head_is_refused_as_tied(tiny_step1_dir, tmp_path):
+    ckpt = _copy(tiny_step1_dir, tmp_path)
     _rewrite(ckpt, lambda t: t.pop("lm_head.weight"))
     with pytest.raises(TiedEmbeddingsError) as info:
         load_step1(ckpt)
@@ -222,8 +204,8 @@ def test_missing_lm_head_is_refused_as_tied(tiny_dir, tmp_path):
     assert "tie_word_embeddings" in str(info.value)
 
 
-def test_missing_flag_with_lm_head_loads_untied(tiny_dir, tmp_path):
-    ckpt = _copy(tiny_dir, tmp_path)
+def test_missing_flag_with_lm_head_loads_untied(tiny_step1_dir, tmp_path):
+    ckpt = _copy(tiny_step1_dir, tmp_path)
     config = json.loads((ckpt / "config.json").read_text())
     del config["tie_word_embeddings"]
     (ckpt / "config.json").write_text(json.dumps(config))
@@ -232,16 +214,16 @@ def test_missing_flag_with_lm_head_loads_untied(tiny_dir, tmp_path):
     assert not torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
 
 
-def test_missing_tensor_is_named(tiny_dir, tmp_path):
-    ckpt = _copy(tiny_dir, tmp_path)
+def test_missing_tensor_is_named(tiny_step1_dir, tmp_path):
+    ckpt = _copy(tiny_step1_dir, tmp_path)
     _rewrite(ckpt, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
     with pytest.raises(ValueError, match=r"tensor 'model\.layers\.1\.mlp\.up_proj\.weight' is "
                                          r"missing from the checkpoint"):
         load_step1(ckpt)
 
 
-def test_wrong_shape_names_tensor_and_file(tiny_dir, tmp_path):
-    ckpt = _copy(tiny_dir, tmp_path)
+def test_wrong_shape_names_tensor_and_file(tiny_step1_dir, tmp_path):
+    ckpt = _copy(tiny_step1_dir, tmp_path)
     _rewrite(ckpt, lambda t: t.update({"model.norm.weight": torch.ones(95)}))
     with pytest.raises(ValueError) as info:
         load_step1(ckpt)
@@ -249,8 +231,8 @@ def test_wrong_shape_names_tensor_and_file(tiny_dir, tmp_path):
     assert "tensor 'model.norm.weight' has shape [95], expected [96]" in str(info.value)
 
 
-def test_unexpected_bias_tensor_is_refused(tiny_dir, tmp_path):
-    ckpt = _copy(tiny_dir, tmp_path)
+def test_unexpected_bias_tensor_is_refused(tiny_step1_dir, tmp_path):
+    ckpt = _copy(tiny_step1_dir, tmp_path)
     _rewrite(ckpt, lambda t: t.update({"model.layers.0.self_attn.q_proj.bias": torch.zeros(96)}))
     with pytest.raises(ValueError, match=r"unexpected tensor\(s\) "
                                          r"\['model\.layers\.0\.self_attn\.q_proj\.bias'\]"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from client.triton_base import infer_inputs
+from python_backends.llm import cpu_runtime
 from python_backends.llm.reference import reference_generate, reference_weights
 from python_backends.llm.sampling import SamplingParams
 from python_backends.settings import LLM, EditxSettings
@@ -152,6 +154,21 @@ def greedy_reference(weights) -> list[list[int]]:
 def test_server_runs_float32_with_the_default_length_limit(llm_settings):
     """What the parity tests below assume."""
     assert (llm_settings.llm_dtype, llm_settings.max_length) == ("float32", LLM.max_length)
+
+
+@pytest.mark.skipif(cpu_runtime.intel_openmp_path() is None, reason="intel-openmp not installed")
+def test_llm_stream_stub_runs_on_intel_openmp(triton_server):
+    """llm_stream's model.py loads libiomp5 before torch (python_backends/llm/cpu_runtime.py);
+    tests/test_llm_packed.py shows torch's parallel regions then run on it."""
+    pids, _ = triton_server.leftovers()
+    stubs = []
+    for pid in pids:
+        try:
+            if b"/llm_stream/1/model.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                stubs.append(Path(f"/proc/{pid}/maps").read_text())
+        except OSError:
+            continue
+    assert stubs and all("libiomp5.so" in maps for maps in stubs)
 
 
 @pytest.mark.parametrize("index", range(len(PROMPTS)))

@@ -1,18 +1,27 @@
 """Continuous batching of Step1 generation across concurrent requests.
 
-Requests join and leave between decode steps: each step first prefills waiting requests into
-free cache slots (one request at a time, in chunks), then runs ONE forward for the newest id of
-every active sequence. A finished sequence frees its slot at once; the last active sequence
-moves into the hole, so the active ones always fill slots 0..n-1 and the decode batch is a
-plain slice of the cache. Each request samples with its own seeded generator, so its ids do not
-depend on the batch it shares.
+Requests join and leave between steps. Each step runs ONE forward (`Step1Model.run`) over the
+newest id of every decoding sequence and, in the same pass, prefill chunks of admitted
+requests: at most `prefill_budget` prompt ids per step, taken first come first served, a long
+prompt spread over several steps (chunked prefill), several short ones packed into one step
+(batched prefill). So the weights are read once per step, and a long prompt delays the running
+streams by one chunk per step instead of its whole length. A request whose prompt is complete
+gets its first id from that forward and decodes from the next step on.
+
+Slots: the decoding sequences fill slots 0..n-1 (so the decode batch is a plain slice of the
+cache), the prefilling ones the slots after them. A finished sequence frees its slot at once
+and the others move down into the hole. Each request samples with its own seeded generator,
+so its ids do not depend on the batch it shares.
+
+On CUDA, `static_decode` (a `StaticDecoder`) runs decode-only steps as captured CUDA graphs of
+bucketed shapes; steps with prefill chunks, and shapes beyond the buckets, run eagerly.
 
 Streaming: `on_token` gets ids once they are final. Because the original drops the last
 generated id (see `SamplingParams.drop_last`), an id is held back until the next one exists;
 the streamed ids therefore always concatenate to the final result.
 
-Failures: a request whose prefill or callback fails ends with that error; the others go on. A
-failed batched decode step ends every sequence of that step, not the generator.
+Failures: a request whose callback fails ends with that error; the others go on. A failed
+forward ends every sequence it carried (decoding and prefilling), not the generator.
 
 Cancellation: `cancel(key)` (from any thread, no call into the serving process) stops the
 request submitted with that key at the next step; a key cancelled before its request arrives
@@ -33,6 +42,7 @@ import torch
 
 from .sampling import SamplingParams, final_output, is_finished, next_tokens
 from ..errors import RequestCancelled, Unavailable
+from ..settings import EditxSettings
 from .step1_model import Step1Model
 
 LOG = logging.getLogger(__name__)
@@ -57,6 +67,7 @@ class _Request:
     on_done: DoneCallback
     rng: torch.Generator
     slot: int = -1
+    filled: int = 0  # prompt ids already in the cache (prefill progress)
     held: int | None = None  # the newest id, not streamed until the next one exists
     done: bool = False
     cancelled: Callable[[], bool] | None = None
@@ -73,19 +84,31 @@ class _Request:
 
 class BatchedGenerator:
     def __init__(self, model: Step1Model, max_active: int = 16, device=None,
-                 prefill_chunk: int = 256, cancel_check_steps: int = 8,
-                 on_step: StepCallback | None = None):
+                 prefill_budget: int = EditxSettings.llm_prefill_budget, cancel_check_steps: int = 8,
+                 on_step: StepCallback | None = None, static_decode=None):
+        """`prefill_budget`: prompt ids prefilled per step at most (all waiting prompts share
+        it, first come first served). `static_decode`: a `static_decode.StaticDecoder` built
+        on this model (its cache becomes the generator's), or None."""
         if device is not None and torch.device(device) != model.device:
             model = model.to(device)
+        if prefill_budget < 1:
+            raise ValueError(f"prefill_budget is {prefill_budget}; it must be >= 1")
         self.model = model
         self.max_active = max_active
-        self.prefill_chunk = prefill_chunk
+        self.prefill_budget = prefill_budget
         self.cancel_check_steps = cancel_check_steps
         self._steps = 0
-        self.cache = model.new_cache(max_active)
+        self.static_decode = static_decode
+        if static_decode is not None:
+            if static_decode.max_rows < 1 or static_decode.cache.slots <= max_active:
+                raise ValueError("the static decoder's cache needs max_active + 1 slots")
+            self.cache = static_decode.cache
+        else:
+            self.cache = model.new_cache(max_active)
         self._ids = itertools.count(1)
         self._pending: list[_Request] = []
-        self._active: list[_Request] = []
+        self._filling: list[_Request] = []  # admitted, prompt not yet all in the cache
+        self._active: list[_Request] = []  # decoding
         self._cond = threading.Condition()
         self._step_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -93,6 +116,8 @@ class BatchedGenerator:
         self._cancelled_keys: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.on_step = on_step
         self.generated_ids = 0  # ids chosen so far, all requests
+        self.prefilled_ids = 0  # prompt ids run through the model so far
+        self.static_steps = 0  # decode steps the static decoder ran (the others: eager)
 
     # ------------------------------------------------------------------ public API
 
@@ -120,7 +145,8 @@ class BatchedGenerator:
         """Stop the unfinished request submitted with `key` at the next step; True if one was
         waiting or running. Otherwise the key is remembered for a request still on its way."""
         with self._cond:
-            found = [r for r in self._pending + self._active if r.key == key and not r.done]
+            found = [r for r in self._pending + self._filling + self._active
+                     if r.key == key and not r.done]
             for request in found:
                 request.stop_requested = True
             if not found:
@@ -149,8 +175,10 @@ class BatchedGenerator:
         if thread is not None:
             thread.join()
         with self._step_lock, self._cond:
-            self._fail(self._pending + self._active, GeneratorStopped("the generator stopped"))
+            self._fail(self._pending + self._filling + self._active,
+                       GeneratorStopped("the generator stopped"))
             self._pending.clear()
+            self._filling.clear()
             self._active.clear()
             self.cache.clear()
             self._stopping = False
@@ -182,32 +210,37 @@ class BatchedGenerator:
 
     @property
     def active_count(self) -> int:
-        return len(self._active)
+        """Sequences holding a cache slot: decoding or prefilling."""
+        return len(self._active) + len(self._filling)
+
+    @property
+    def prefilling_count(self) -> int:
+        return len(self._filling)
 
     @property
     def pending_count(self) -> int:
         return len(self._pending)
 
     def step(self) -> bool:
-        """Admit waiting requests, then decode one id for every active sequence. Returns
-        whether there was anything to do."""
+        """Admit waiting requests into free slots, then run one forward: one id for every
+        decoding sequence and up to `prefill_budget` prompt ids of the prefilling ones.
+        Returns whether there was anything to do."""
         with self._step_lock, torch.inference_mode():
             with self._cond:
                 stopped = [r for r in self._pending if r.stop_requested]
                 waiting = [r for r in self._pending if not r.stop_requested]
-                free = self.max_active - len(self._active)
+                free = self.max_active - len(self._active) - len(self._filling)
                 joining, self._pending = waiting[:free], waiting[free:]
             self._cancel(stopped + joining, every_step=True)
-            for request in joining:
-                if not request.done:
-                    self._prefill(request)
             self._steps += 1
-            self._cancel(self._active)
+            self._cancel(self._active + self._filling)
+            self._filling += [r for r in joining if not r.done]
             self._retire()
-            if self._active:
-                self._decode()
+            ran = False
+            if self._active or self._filling:
+                ran = self._forward()
                 self._retire()
-            return bool(joining or self._active)
+            return bool(joining or ran)
 
     # ------------------------------------------------------------------ internals
 
@@ -224,11 +257,11 @@ class BatchedGenerator:
             except Exception as error:  # a bug in a step: end what it touched, keep serving
                 LOG.exception("generator step failed")
                 with self._step_lock:
-                    self._fail(self._active, error)
+                    self._fail(self._active + self._filling, error)
                     self._retire()
             if self.on_step is not None:
                 try:
-                    self.on_step(len(self._active), len(self._pending), self.generated_ids - before)
+                    self.on_step(self.active_count, len(self._pending), self.generated_ids - before)
                 except Exception:  # noqa: BLE001 - metrics must not stop generation
                     LOG.exception("on_step failed")
 
@@ -249,30 +282,56 @@ class BatchedGenerator:
             if stop:
                 request.finish(None, RequestCancelled(f"request {request.rid} was cancelled"))
 
-    def _prefill(self, request: _Request) -> None:
-        request.slot = len(self._active)
+    def _forward(self) -> bool:
+        """One forward over the decode batch and this step's prefill chunks; returns whether
+        it ran."""
+        decode = list(self._active)
+        chunks, budget = [], self.prefill_budget
+        for request in self._filling:
+            if budget <= 0:
+                break
+            take = min(request.prompt_len - request.filled, budget)
+            chunks.append((request, request.filled, take))
+            budget -= take
+        if not decode and not chunks:
+            return False
+        completing = [r for r, start, take in chunks if start + take == r.prompt_len]
+        carried = decode + [r for r, _, _ in chunks]
         try:
-            prompt = torch.tensor(request.ids, dtype=torch.long)
-            for start in range(0, len(prompt), self.prefill_chunk):
-                chunk = prompt[start: start + self.prefill_chunk][None]
-                logits = self.model(chunk, self.cache, request.slot, [start])
-            self._active.append(request)
-            self._accept([request], logits)
-        except Exception as error:  # this request only
-            LOG.exception("prefill of request %d failed", request.rid)
-            if not request.done:
-                request.finish(None, error)
-
-    def _decode(self) -> None:
-        ids = torch.tensor([[r.ids[-1]] for r in self._active], dtype=torch.long)
-        positions = [len(r.ids) - 1 for r in self._active]
-        try:
-            logits = self.model(ids, self.cache, 0, positions)
+            logits = None
+            if not chunks and self.static_decode is not None:  # None: a shape beyond its buckets
+                logits = self.static_decode.decode([r.ids[-1] for r in decode],
+                                                   [len(r.ids) - 1 for r in decode])
+                self.static_steps += logits is not None
+            if logits is None:
+                logits = self._eager(decode, chunks)
         except Exception as error:
-            LOG.exception("decode step of %d sequences failed", len(self._active))
-            self._fail(self._active, error)
-            return
-        self._accept(self._active, logits)
+            LOG.exception("forward of %d decoding and %d prefilling sequences failed",
+                          len(decode), len(chunks))
+            self._fail(carried, error)
+            return True
+        for request, start, take in chunks:
+            request.filled = start + take
+            self.prefilled_ids += take
+        self._filling = [r for r in self._filling if r.filled < r.prompt_len]
+        self._active += completing
+        if decode or completing:
+            self._accept(decode + completing, logits)
+        return True
+
+    def _eager(self, decode: list, chunks: list) -> torch.Tensor:
+        """Logits of the decode rows, then of the last id of each completing prompt."""
+        ids = [r.ids[-1] for r in decode]
+        rows = list(range(len(decode)))
+        segments = []
+        for request, start, take in chunks:
+            segments.append((request.slot, start, take))
+            ids += request.ids[start: start + take]
+            if start + take == request.prompt_len:
+                rows.append(len(ids) - 1)
+        plan = self.model.plan(self.cache, [len(r.ids) - 1 for r in decode], segments,
+                               logits_rows=rows)
+        return self.model.run(torch.tensor(ids, dtype=torch.long), self.cache, plan)
 
     @staticmethod
     def _fail(requests: list, error: BaseException) -> None:
@@ -311,14 +370,19 @@ class BatchedGenerator:
             request.finish(result, None)
 
     def _retire(self) -> None:
-        """Drop finished sequences; move the survivors down into slots 0..n-1."""
-        survivors = [r for r in self._active if not r.done]
-        for slot, request in enumerate(survivors):
-            if request.slot != slot:
-                self.cache.move(request.slot, slot, len(request.ids) - 1)
-                request.slot = slot
-        self._active = survivors
-        if not survivors:
+        """Drop finished sequences; lay the others out in slots 0..: the decoding ones first,
+        then the prefilling ones, moving cached ids where a slot changes."""
+        self._active = [r for r in self._active if not r.done]
+        self._filling = [r for r in self._filling if not r.done]
+        moves, length = [], 0
+        for slot, request in enumerate(self._active + self._filling):
+            cached = len(request.ids) - 1 if request.filled == request.prompt_len else request.filled
+            if request.slot != slot and request.slot >= 0 and cached > 0:
+                moves.append((request.slot, slot))
+                length = max(length, cached)
+            request.slot = slot
+        self.cache.permute(moves, length)
+        if not self._active and not self._filling:
             with self._cond:
                 if not self._pending:
                     self.cache.clear()

@@ -25,6 +25,9 @@ def reference_weights(source: str | Path | Step1Model, dtype: torch.dtype = torc
                       device="cpu") -> Weights:
     """(config, tensors) of a checkpoint directory, or of a loaded model (sharing its tensors)."""
     if isinstance(source, Step1Model):
+        if source.packed:
+            raise ValueError("a packed Step1Model has no dense weights (Step1Model.pack frees "
+                             "them); read the reference's weights from the checkpoint")
         return source.config, dict(source.state_dict())
     return read_step1_weights(source, dtype=dtype, device=device)
 

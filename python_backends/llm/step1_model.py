@@ -5,12 +5,19 @@ attention with a sqrt-ALiBi additive bias (no rotary or learned positions) → R
 MLP; untied `embed_tokens` / `lm_head`; no biases anywhere. Module names equal the release's
 tensor names, so `model-*.safetensors` load as they are.
 
-The forward pass works on a `KVCache` slot pool so that sequences of different lengths decode
-together: every row of a batch is one sequence in its own cache slot at its own position, and
-the bias masks each row's keys to its own past, so there is no padding to get wrong.
+The forward pass works on a `KVCache` slot pool so that sequences of different lengths run
+together: one forward takes a flat run of T tokens laid out by a `StepPlan`, first one id for
+each sequence of the decode batch (slots 0..n-1, each at its own position, attended together),
+then prefill chunks of other sequences (each attended alone). Every Linear layer sees all T
+tokens at once, so the weights are read once per forward whatever the mix. The bias masks
+each row's keys to its own past, so there is no padding to get wrong.
+
+On a CPU with bf16 oneDNN kernels, `Step1Model.pack` prepacks every Linear layer
+(`PackedLinear`; q/k/v and gate/up each as one product), bit-identical to `F.linear`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -67,17 +74,20 @@ class KVCache:
     """Keys and values of up to `slots` sequences, [layers, 2, slots, groups, capacity, head_dim].
 
     A sequence owns one slot and its positions 0..len-1 in it. Capacity grows (doubling) as
-    sequences lengthen, so memory follows the longest live sequence, not the length limit.
+    sequences lengthen, so memory follows the longest live sequence, not the length limit. With
+    `fixed_capacity` the buffer is allocated once at that size and never moves (what a captured
+    CUDA graph needs): `clear()` keeps it and a longer sequence is refused.
     """
 
     def __init__(self, config: Step1Config, slots: int, device, dtype: torch.dtype,
-                 initial_capacity: int = 256):
+                 initial_capacity: int = 256, fixed_capacity: int | None = None):
         self.config = config
         self.slots = slots
         self.device = torch.device(device)
         self.dtype = dtype
         self.initial_capacity = initial_capacity
-        self.data = self._allocate(0)
+        self.fixed_capacity = fixed_capacity
+        self.data = self._allocate(fixed_capacity or 0)
 
     @property
     def capacity(self) -> int:
@@ -92,6 +102,9 @@ class KVCache:
         """Room for positions 0..length-1 in every slot."""
         if length <= self.capacity:
             return
+        if self.fixed_capacity is not None:
+            raise ValueError(f"a sequence of {length} ids does not fit the fixed KV cache of "
+                             f"{self.fixed_capacity} positions")
         grown = self._allocate(max(length, 2 * self.capacity, self.initial_capacity))
         grown[:, :, :, :, : self.capacity] = self.data
         self.data = grown
@@ -100,9 +113,87 @@ class KVCache:
         """Copy a sequence's first `length` positions from slot `src` to slot `dst`."""
         self.data[:, :, dst, :, :length] = self.data[:, :, src, :, :length]
 
+    def permute(self, moves: Sequence[tuple[int, int]], length: int) -> None:
+        """Move several sequences at once, (src, dst) each, their first `length` positions: the
+        sources are read before any destination is written, so slots may trade places."""
+        if not moves or length <= 0:
+            return
+        src = torch.tensor([m[0] for m in moves], device=self.device)
+        dst = torch.tensor([m[1] for m in moves], device=self.device)
+        self.data[:, :, dst, :, :length] = self.data[:, :, src, :, :length]
+
     def clear(self) -> None:
-        """Release the memory (no sequence is live)."""
-        self.data = self._allocate(0)
+        """Release the memory (no sequence is live); a fixed cache keeps its buffer."""
+        if self.fixed_capacity is None:
+            self.data = self._allocate(0)
+
+
+# --------------------------------------------------------------------------- prepacked weights
+
+def can_pack(device, dtype: torch.dtype) -> bool:
+    """Whether `PackedLinear` runs for weights of `dtype` on `device`: bfloat16 on a CPU whose
+    oneDNN has bf16 kernels. (float32 keeps MKL's `F.linear`: oneDNN's fp32 kernels round
+    differently, and the float32 ids are pinned to today's; CUDA has its own kernels.)"""
+    return (torch.device(device).type == "cpu" and dtype == torch.bfloat16
+            and torch.backends.mkldnn.is_available()
+            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+
+
+class PackedLinear(nn.Module):
+    """y = x Wᵀ with W reordered once, at load, into oneDNN's blocked layout.
+
+    `F.linear` on bf16 runs the same oneDNN kernel but reorders the plain weight for every call,
+    which at decode (one or a few rows) costs as much memory traffic as the product itself.
+    Results are bit-identical to `F.linear` (tests/test_llm_packed.py). Several Linear layers
+    with the same input can be packed as one (rows concatenated): their outputs are column
+    slices of one product, also bit-identical. The weight is no parameter: a packed model has
+    no state_dict entry for it (it is loaded, packed and never saved)."""
+
+    def __init__(self, weights: Sequence[torch.Tensor]):
+        super().__init__()
+        dense = weights[0] if len(weights) == 1 else torch.cat(list(weights))
+        self.in_features = dense.shape[1]
+        self.splits = [w.shape[0] for w in weights]
+        self.out_features = sum(self.splits)
+        self.weight_bytes = dense.numel() * dense.element_size()
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(dense)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.splits}, oneDNN-packed"
+
+
+def _dense_linear_bytes(module: nn.Module) -> int:
+    if isinstance(module, PackedLinear):
+        return module.weight_bytes
+    return module.weight.numel() * module.weight.element_size()
+
+
+# --------------------------------------------------------------------------- one forward's layout
+
+@dataclasses.dataclass
+class StepPlan:
+    """Where the T tokens of one forward come from and go, built once and read by every layer.
+
+    Tokens 0..decode_rows-1 are one id each of the sequences in slots 0..decode_rows-1 (the
+    decode batch, attended together over keys 0..decode_key_len-1 under `decode_bias`); then
+    come the segments, each a run of ids of one sequence (a prefill chunk), attended alone.
+    `slot_index` / `position_index` [T] say where each token's keys and values are written.
+    `logits_rows`: the tokens whose logits are returned (None: all)."""
+
+    decode_rows: int
+    decode_key_len: int
+    decode_bias: torch.Tensor | None  # [decode_rows, groups, heads_per_group, decode_key_len]
+    segments: list  # (slot, token offset, length, key_len, bias [1, groups, hpg*length, key_len])
+    slot_index: torch.Tensor
+    position_index: torch.Tensor
+    logits_rows: torch.Tensor | None
+
+    @property
+    def key_len(self) -> int:
+        return max([self.decode_key_len] + [s[3] for s in self.segments])
 
 
 # --------------------------------------------------------------------------- modules
@@ -129,24 +220,42 @@ class Step1Attention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, kv_size, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, kv_size, bias=False)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.qkv: PackedLinear | None = None  # q, k and v packed as one (after `pack`)
 
-    def forward(self, x: torch.Tensor, layer_kv: torch.Tensor, write_at: tuple,
-                key_len: int, bias: torch.Tensor) -> torch.Tensor:
-        """x [b, q, hidden]; layer_kv [2, b, groups, capacity, head_dim] (the batch's slots);
-        write_at (rows [b, 1], positions [b, q]) where this call's keys/values go; bias
-        [b, groups, heads_per_group * q, key_len] (`group_heads`)."""
-        b, q, _ = x.shape
-        layer_kv[0][write_at[0], :, write_at[1]] = self.k_proj(x).view(
-            b, q, self.groups, self.head_dim)
-        layer_kv[1][write_at[0], :, write_at[1]] = self.v_proj(x).view(
-            b, q, self.groups, self.head_dim)
-        keys = layer_kv[0, :, :, :key_len]
-        values = layer_kv[1, :, :, :key_len]
-        query = group_heads(self.q_proj(x).view(b, q, self.heads, self.head_dim).transpose(1, 2),
-                            self.groups)
-        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=bias)
-        return self.o_proj(out.reshape(b, self.heads, q, self.head_dim).transpose(1, 2)
-                           .reshape(b, q, -1))
+    def pack(self) -> None:
+        self.qkv = PackedLinear([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        del self.q_proj, self.k_proj, self.v_proj
+        self.o_proj = PackedLinear([self.o_proj.weight])
+
+    def project(self, x: torch.Tensor):
+        if self.qkv is not None:
+            return self.qkv(x).split(self.qkv.splits, dim=-1)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
+    def forward(self, x: torch.Tensor, layer_kv: torch.Tensor, plan: StepPlan) -> torch.Tensor:
+        """x [T, hidden]; layer_kv [2, slots, groups, capacity, head_dim] (this layer's cache)."""
+        t = x.shape[0]
+        q, k, v = self.project(x)
+        layer_kv[0][plan.slot_index, :, plan.position_index] = k.view(t, self.groups, self.head_dim)
+        layer_kv[1][plan.slot_index, :, plan.position_index] = v.view(t, self.groups, self.head_dim)
+        q = q.view(t, self.heads, self.head_dim)
+        parts = []
+        n = plan.decode_rows
+        if n:
+            # [n, heads, 1, dim] with each group's heads on the query axis (`group_heads`)
+            query = q[:n].reshape(n, self.groups, self.heads // self.groups, self.head_dim)
+            out = F.scaled_dot_product_attention(
+                query, layer_kv[0, :n, :, : plan.decode_key_len],
+                layer_kv[1, :n, :, : plan.decode_key_len], attn_mask=plan.decode_bias)
+            parts.append(out.reshape(n, -1))
+        for slot, offset, length, key_len, bias in plan.segments:
+            query = group_heads(q[offset: offset + length].transpose(0, 1)[None], self.groups)
+            out = F.scaled_dot_product_attention(
+                query, layer_kv[0, slot: slot + 1, :, :key_len],
+                layer_kv[1, slot: slot + 1, :, :key_len], attn_mask=bias)
+            parts.append(out.reshape(self.heads, length, self.head_dim).transpose(0, 1)
+                         .reshape(length, -1))
+        return self.o_proj(parts[0] if len(parts) == 1 else torch.cat(parts))
 
 
 class Step1MLP(nn.Module):
@@ -155,8 +264,17 @@ class Step1MLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_up: PackedLinear | None = None  # gate and up packed as one (after `pack`)
+
+    def pack(self) -> None:
+        self.gate_up = PackedLinear([self.gate_proj.weight, self.up_proj.weight])
+        del self.gate_proj, self.up_proj
+        self.down_proj = PackedLinear([self.down_proj.weight])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up is not None:
+            gate, up = self.gate_up(x).split(self.gate_up.splits, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -168,8 +286,8 @@ class Step1DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = Step1MLP(config)
 
-    def forward(self, x, layer_kv, write_at, key_len, bias):
-        x = x + self.self_attn(self.input_layernorm(x), layer_kv, write_at, key_len, bias)
+    def forward(self, x, layer_kv, plan):
+        x = x + self.self_attn(self.input_layernorm(x), layer_kv, plan)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -191,17 +309,96 @@ class Step1Model(nn.Module):
         self.model = Step1Decoder(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.register_buffer("slopes", alibi_slopes(config.num_attention_heads), persistent=False)
+        self.packed = False
 
     @property
     def device(self) -> torch.device:
-        return self.lm_head.weight.device
+        return self.model.norm.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
+        return self.model.norm.weight.dtype
 
-    def new_cache(self, slots: int) -> KVCache:
-        return KVCache(self.config, slots, self.device, self.dtype)
+    def new_cache(self, slots: int, fixed_capacity: int | None = None) -> KVCache:
+        return KVCache(self.config, slots, self.device, self.dtype, fixed_capacity=fixed_capacity)
+
+    def pack(self) -> "Step1Model":
+        """Prepack every Linear layer for oneDNN (q/k/v as one, gate/up as one), in place and
+        one layer at a time, so memory never holds a second copy of the model. Irreversible:
+        the dense weights are gone (a reference needs its own copy, read from the files)."""
+        if self.packed:
+            return self
+        if not can_pack(self.device, self.dtype):
+            raise ValueError(f"no packed kernels for {self.dtype} on {self.device}")
+        for layer in self.model.layers:
+            layer.self_attn.pack()
+            layer.mlp.pack()
+        self.lm_head = PackedLinear([self.lm_head.weight])
+        self.packed = True
+        return self
+
+    def weight_bytes_per_step(self) -> int:
+        """Bytes of weights one decode step reads: every Linear layer (lm_head included) and the
+        norms; the embedding contributes only its looked-up rows."""
+        total = _dense_linear_bytes(self.lm_head) + self.model.norm.weight.nbytes
+        for layer in self.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            linears = ([attn.qkv] if attn.qkv is not None else
+                       [attn.q_proj, attn.k_proj, attn.v_proj]) + [attn.o_proj]
+            linears += ([mlp.gate_up] if mlp.gate_up is not None else
+                        [mlp.gate_proj, mlp.up_proj]) + [mlp.down_proj]
+            total += sum(_dense_linear_bytes(m) for m in linears)
+            total += layer.input_layernorm.weight.nbytes + layer.post_attention_layernorm.weight.nbytes
+        return total
+
+    # ---------------------------------------------------------------- plans
+
+    def attention_bias(self, query_positions: torch.Tensor, key_len: int) -> torch.Tensor:
+        """`group_heads` of the sqrt-ALiBi bias of queries [b, q] over keys 0..key_len-1."""
+        return group_heads(sqrt_alibi_bias(self.slopes, query_positions, key_len, self.dtype),
+                           self.config.num_attention_groups)
+
+    def plan(self, cache: KVCache, decode_positions: Sequence[int],
+             segments: Sequence[tuple[int, int, int]] = (),
+             logits_rows: Sequence[int] | None = None) -> StepPlan:
+        """The plan of one forward: the decode batch (the sequences in slots 0..n-1, cached
+        lengths `decode_positions`), then `segments` (slot, start position, length) of ids to
+        append. Grows the cache for the longest key range."""
+        device = self.device
+        n = len(decode_positions)
+        slots = list(range(n))
+        positions = [int(p) for p in decode_positions]
+        decode_key_len = max(positions) + 1 if n else 0
+        decode_bias = None
+        if n:
+            decode_bias = self.attention_bias(torch.tensor(positions, device=device)[:, None],
+                                              decode_key_len)
+        planned, offset = [], n
+        for slot, start, length in segments:
+            key_len = start + length
+            query = torch.arange(start, key_len, device=device)[None]
+            planned.append((slot, offset, length, key_len, self.attention_bias(query, key_len)))
+            slots += [slot] * length
+            positions += range(start, key_len)
+            offset += length
+        index = dict(dtype=torch.long, device=device)
+        plan = StepPlan(n, decode_key_len, decode_bias, planned, torch.tensor(slots, **index),
+                        torch.tensor(positions, **index),
+                        None if logits_rows is None else torch.tensor(list(logits_rows), **index))
+        cache.ensure(plan.key_len)
+        return plan
+
+    def run(self, ids: torch.Tensor, cache: KVCache, plan: StepPlan) -> torch.Tensor:
+        """Float logits [rows, vocab] of `plan.logits_rows` of ids [T] (all rows when None),
+        the caches extended by every token."""
+        x = self.model.embed_tokens(ids.to(self.device))
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cache.data[i], plan)
+        if plan.logits_rows is not None:
+            if not len(plan.logits_rows):  # a prefill chunk that completes no prompt
+                return torch.empty(0, self.config.vocab_size, device=self.device)
+            x = x[plan.logits_rows]
+        return self.lm_head(self.model.norm(x)).float()
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache, first_slot: int,
                 positions: Sequence[int], all_logits: bool = False) -> torch.Tensor:
@@ -210,19 +407,14 @@ class Step1Model(nn.Module):
         and extend their caches. Returns float logits [b, vocab] of each row's last id, or
         [b, q, vocab] with `all_logits`."""
         b, q = input_ids.shape
-        key_len = max(positions) + q
-        query_positions = (torch.tensor(list(positions), device=self.device)[:, None]
-                           + torch.arange(q, device=self.device))
-        cache.ensure(key_len)
-        rows = torch.arange(b, device=self.device)[:, None]
-        bias = group_heads(sqrt_alibi_bias(self.slopes, query_positions, key_len, self.dtype),
-                           self.config.num_attention_groups)
-        kv = cache.data[:, :, first_slot: first_slot + b]
-        x = self.model.embed_tokens(input_ids.to(self.device))
-        for i, layer in enumerate(self.model.layers):
-            x = layer(x, kv[i], (rows, query_positions), key_len, bias)
-        x = self.model.norm(x if all_logits else x[:, -1])
-        return self.lm_head(x).float()
+        if q == 1 and first_slot == 0:
+            plan = self.plan(cache, positions, logits_rows=None)
+        else:
+            rows = None if all_logits else [r * q + q - 1 for r in range(b)]
+            plan = self.plan(cache, [], [(first_slot + r, int(positions[r]), q) for r in range(b)],
+                             logits_rows=rows)
+        logits = self.run(input_ids.reshape(-1), cache, plan)
+        return logits.view(b, q, -1) if all_logits else logits
 
 
 # --------------------------------------------------------------------------- loading
@@ -299,20 +491,27 @@ def read_step1_weights(model_dir: str | Path, dtype: torch.dtype = torch.float32
     return config, weights
 
 
-def load_step1(model_dir: str | Path, device="cpu", dtype: torch.dtype = torch.float32
-               ) -> Step1Model:
-    """A ready Step1Model in eval mode on `device` in `dtype`.
+def load_step1(model_dir: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
+               pack: bool = False) -> Step1Model:
+    """A ready Step1Model in eval mode on `device` in `dtype`; with `pack` (and where
+    `can_pack`), its Linear layers prepacked for oneDNN (`Step1Model.pack`).
 
     On CUDA this turns off cuDNN's attention for the process: it builds an execution plan per
     shape, and decoding meets a new key length every step (measured on an H100: the first
-    pass over new lengths ran 3x slower than the HF-style reference)."""
+    pass over new lengths ran 3x slower than the HF-style reference). TF32 stays off (torch's
+    default for matmuls), so float32 ids are float32's."""
     if torch.device(device).type == "cuda":
         torch.backends.cuda.enable_cudnn_sdp(False)
+        torch.backends.cuda.matmul.allow_tf32 = False
     config, weights = read_step1_weights(model_dir, dtype=dtype, device=device)
     with torch.device("meta"):
         model = Step1Model(config)
     model.load_state_dict(weights, strict=True, assign=True)
+    del weights  # the model holds the only reference now: packing frees each dense weight
     model.slopes = alibi_slopes(config.num_attention_heads).to(device)
-    LOG.info("loaded Step1 from %s: %d layers, hidden %d, %s on %s", model_dir,
-             config.num_hidden_layers, config.hidden_size, dtype, device)
+    if pack and can_pack(device, dtype):
+        model.pack()
+    LOG.info("loaded Step1 from %s: %d layers, hidden %d, %s on %s%s", model_dir,
+             config.num_hidden_layers, config.hidden_size, dtype, device,
+             ", oneDNN-packed" if model.packed else "")
     return model.eval()

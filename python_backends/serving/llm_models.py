@@ -16,8 +16,10 @@ import torch
 from . import stub, triton_io
 from .engine_client import EngineClient
 from ..errors import EXPECTED_OUTCOMES, InvalidInput, Unavailable, outcome
+from ..llm import cpu_runtime
 from ..llm.generator import BatchedGenerator
 from ..llm.sampling import SamplingParams, request_max_length
+from ..llm.static_decode import new_static_decoder
 from ..llm.step1_model import load_step1
 from ..settings import LLM, LLM_ERROR_OUTPUT, EditxSettings
 from .model_config import load_editx_settings
@@ -116,12 +118,24 @@ class LlmStreamModel:
     """model_repository/llm_stream."""
 
     def initialize(self, args):
-        self.settings = load_editx_settings(args)
-        self.settings.apply_threads()
-        dtype = getattr(torch, self.settings.llm_dtype)
-        model = load_step1(self.settings.llm_dir, device=self.settings.device, dtype=dtype)
+        self.settings = settings = load_editx_settings(args)
+        settings.apply_threads()
+        if torch.device(settings.device).type == "cpu":  # decode is memory-bound: every core
+            torch.set_num_threads(settings.llm_num_threads or cpu_runtime.cpu_count())
+        dtype = getattr(torch, settings.llm_dtype)
+        model = load_step1(settings.llm_dir, device=settings.device, dtype=dtype,
+                           pack=settings.llm_pack_weights)
+        static = None
+        if settings.llm_cuda_graphs and model.device.type == "cuda":
+            static = new_static_decoder(model, settings.max_active_sequences, settings.max_length)
+        stub.log_info(f"llm_stream: Step1 {settings.llm_dtype} on {settings.device}, "
+                      f"{'oneDNN-packed, ' if model.packed else ''}"
+                      f"{'CUDA graphs, ' if static else ''}{torch.get_num_threads()} threads, "
+                      f"OpenMP {cpu_runtime.openmp_runtime()}")
         self.metrics = ModelMetrics.in_stub(args["model_name"])
-        self.generator = BatchedGenerator(model, max_active=self.settings.max_active_sequences)
+        self.generator = BatchedGenerator(model, max_active=settings.max_active_sequences,
+                                          prefill_budget=settings.llm_prefill_budget,
+                                          static_decode=static)
         self.generator.generate([[LLM.bos_id, LLM.bot_id]], [SamplingParams(greedy=True, max_length=4)])
         self.generator.on_step = self._report_step
         self._reported: tuple[int, int] | None = None
