@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 from build_scripts.espeak_clips import speech_with_transcript
 from build_scripts.make_synthetic_editx import build as build_editx
 from build_scripts.make_synthetic_weights import build as build_tokenizer_weights
-from perf.bench_llm import DTYPES, machine_name, sync
+from perf.bench_llm import machine_name, sync
 from python_backends.decoder.hift import reference_hift
 from python_backends.decoder.prompt_mel import PromptMel, prompt_mel_reference, round_bf16
 from python_backends.decoder.reference import reference_flow

@@ -9,9 +9,12 @@ CPU by tests/test_stages.py). `--run`:
   1. correctness on tiny weights: vq02 tokens on CUDA (torch fbank + encoder) = CPU tokens;
      Step1 greedy ids on CUDA (fp32, batched) = the plain reference on CPU; token2wav on
      CUDA vs CPU (max |diff|).
+     Step1 decode steps as CUDA graphs vs eager: the same ids (greedy, seeded, batched with
+     padded rows, alone), tokens/s on the tiny model;
   2. timings on full-size random weights: the vq02 encoder core (10 s clips, batch 1 / 16,
-     fp32 / TF32 / bf16), the Step1 LLM (perf/bench_llm.py: batch 1, 4, 16 vs the HF-style
-     batch-1 reference in the same run), token2wav (10 s of speech, batch 1 / 8, fp32 / bf16).
+     fp32 / TF32 / bf16), the Step1 LLM (perf/bench_llm.py: decode steps at batch 1, 4, 16 vs
+     the roof, prefill single vs batched, the HF-style batch-1 reference; then again with
+     --cuda-graphs), token2wav (10 s of speech, batch 1 / 8, fp32 / bf16).
 Everything is printed as JSON lines and written to OUT/device_check.json.
 """
 from __future__ import annotations
@@ -114,6 +117,35 @@ def check_llm(data: Path) -> None:
     a = gen.generate(prompts, sampled)
     b = [gen.generate([p], [s])[0] for p, s in zip(prompts, sampled)]
     record(check="llm_seeded_sampling_cuda_batched_vs_alone", identical=a == b)
+    check_llm_graphs(gen.model, prompts, [params] * len(prompts), sampled)
+
+
+def check_llm_graphs(model, prompts, greedy, sampled) -> None:
+    """Decode steps replayed as CUDA graphs (python_backends/llm/static_decode.py) against the
+    eager steps: the same ids, greedy and seeded, batched (5 rows: the 8-row bucket, 3 padded)
+    and alone (bucket 1); tokens/s of both on the tiny model (launch-bound, so it shows what
+    the graphs save)."""
+    from python_backends.llm.generator import BatchedGenerator
+    from python_backends.llm.sampling import SamplingParams
+    from python_backends.llm.static_decode import new_static_decoder
+
+    eager = BatchedGenerator(model, max_active=8)
+    decoder = new_static_decoder(model, max_active=8, capacity=256)
+    graphs = BatchedGenerator(model, max_active=8, static_decode=decoder)
+    for name, params in (("greedy", greedy), ("seeded", sampled)):
+        want = eager.generate(prompts, params)
+        got = graphs.generate(prompts, params)
+        alone = [graphs.generate([p], [q])[0] for p, q in zip(prompts, params)]
+        record(check=f"llm_cuda_graphs_vs_eager_{name}", identical=got == want,
+               alone_identical=alone == want, static_steps=graphs.static_steps,
+               replays=decoder.replays, captured=decoder.captured)
+    for name, gen in (("eager", eager), ("graphs", graphs)):
+        long = [SamplingParams(seed=i, max_length=len(prompts[0]) + 129) for i in range(4)]
+        for batch in (1, 4):
+            # timed() warms up first: that call captures the graphs
+            seconds = timed(lambda: gen.generate(prompts[:batch], long[:batch]), repeats=1)
+            record(bench="llm_tiny_decode_cuda", path=name, batch=batch,
+                   tokens_per_s=round(batch * 128 / seconds, 1))
 
 
 def token2wav_items(rows_target: int, rows_prompt: int, count: int, seed: int = 0) -> list[dict]:
@@ -178,17 +210,21 @@ def time_vq02_core() -> None:
 
 
 def time_llm(work: Path) -> None:
+    """perf/bench_llm.py on full-size bf16 weights: eager, then decode steps as CUDA graphs
+    (batch 1 / 4 / 16; target: batch 1 >= 150 tokens/s on an H100-class GPU)."""
     from build_scripts.synthetic.step1_checkpoint import write_step1_checkpoint
 
     start = time.perf_counter()
     write_step1_checkpoint(work / "step1_full", "full", 0)
     record(stage="step1_full_written", seconds=round(time.perf_counter() - start, 1))
-    out = subprocess.run([sys.executable, str(ROOT / "perf" / "bench_llm.py"), "--weights",
-                          str(work / "step1_full"), "--device", DEVICE, "--dtype", "bfloat16",
-                          "--new-tokens", "64", "--prompt-len", "256", "--batches", "1,4,16"],
-                         capture_output=True, text=True, timeout=300)
-    record(bench="llm_full_bench_llm", returncode=out.returncode, stdout=out.stdout[-4000:],
-           stderr=out.stderr[-1500:])
+    for extra in ([], ["--cuda-graphs", "--no-reference"]):
+        out = subprocess.run([sys.executable, str(ROOT / "perf" / "bench_llm.py"), "--weights",
+                              str(work / "step1_full"), "--device", DEVICE, "--dtype", "bfloat16",
+                              "--steps", "32", "--context", "256", "--batches", "1,4,16",
+                              "--json", str(work / f"bench_llm{'_graphs' if extra else ''}.json")]
+                             + extra, capture_output=True, text=True, timeout=300)
+        record(bench="llm_full_bench_llm", args=extra, returncode=out.returncode,
+               stdout=out.stdout[-4000:], stderr=out.stderr[-1500:])
 
 
 def time_token2wav(work: Path) -> None:

@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perf.perf_inputs import (MEMBERS, MODEL_INPUTS, MODELS, TRITON_DTYPES, Clip, input_data,
+from perf.perf_inputs import (MEMBERS, MODELS, TRITON_DTYPES, Clip, input_data,
                               model_arrays, speech_clips, write_input_data)
 
 ROOT = Path(__file__).resolve().parents[1]

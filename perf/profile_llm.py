@@ -2,6 +2,9 @@
 and the HF-style reference, on one device. For perf/RESULTS.md's LLM notes.
 
     python perf/profile_llm.py --weights DIR --device cuda:0 --dtype bfloat16 [--new-tokens 32]
+    python perf/profile_llm.py --weights DIR --device cpu --dtype bfloat16 --pack  # no reference
+
+On a CPU it runs on Intel OpenMP (python_backends/llm/cpu_runtime.py), as llm_stream does.
 """
 from __future__ import annotations
 
@@ -10,9 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from python_backends.llm.cpu_runtime import use_intel_openmp  # noqa: E402
+
+use_intel_openmp()  # before torch is imported
+
+import torch  # noqa: E402
 
 from python_backends.llm.generator import BatchedGenerator  # noqa: E402
 from python_backends.llm.reference import reference_generate  # noqa: E402
@@ -27,9 +34,11 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--prompt-len", type=int, default=256)
+    ap.add_argument("--pack", action="store_true",
+                    help="prepacked oneDNN weights (CPU bf16); the reference is then skipped")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
-    model = load_step1(args.weights, device=args.device, dtype=dtype)
+    model = load_step1(args.weights, device=args.device, dtype=dtype, pack=args.pack)
     prompt = [1, 4] + [65536 + (7 * i) % 5120 for i in range(args.prompt_len - 2)]
     params = SamplingParams(seed=1, max_length=args.prompt_len + args.new_tokens)
     gen = BatchedGenerator(model, max_active=16)
@@ -37,8 +46,10 @@ def main() -> None:
     if args.device.startswith("cuda"):
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     sort = "self_cuda_time_total" if args.device.startswith("cuda") else "self_cpu_time_total"
-    for name, run in (("BatchedGenerator", lambda: gen.generate([prompt], [params])),
-                      ("reference", lambda: reference_generate(model, prompt, params))):
+    runs = [("BatchedGenerator", lambda: gen.generate([prompt], [params]))]
+    if not model.packed:  # the reference needs the dense weights
+        runs.append(("reference", lambda: reference_generate(model, prompt, params)))
+    for name, run in runs:
         with torch.inference_mode():
             run()
             with torch.profiler.profile(activities=activities) as prof:
