@@ -140,6 +140,7 @@ class RepositoryOptions:
     llm_max_length: int = EditxSettings.max_length
     max_active_sequences: int = EditxSettings.max_active_sequences
     llm_pack_weights: bool = EditxSettings.llm_pack_weights  # LLM runtime (README: precision)
+    llm_pad_rows: int = EditxSettings.llm_pad_rows
     llm_num_threads: int = EditxSettings.llm_num_threads
     llm_prefill_budget: int = EditxSettings.llm_prefill_budget
     llm_cuda_graphs: bool = EditxSettings.llm_cuda_graphs
@@ -455,9 +456,10 @@ def editx_settings(editx: Path, options: RepositoryOptions) -> EditxSettings:
     if options.llm_max_length < 2 or options.max_active_sequences < 1 or options.prompt_cache_entries < 0:
         raise BuildError("--llm-max-length must be >= 2, --max-active-sequences >= 1 and "
                          "--prompt-cache-entries >= 0")
-    if options.llm_prefill_budget < 1 or options.llm_num_threads < 0:
-        raise BuildError(f"--llm-prefill-budget must be >= 1 (not {options.llm_prefill_budget}) and "
-                         f"--llm-threads >= 0 (0: every CPU; not {options.llm_num_threads})")
+    if options.llm_prefill_budget < 1 or options.llm_num_threads < 0 or options.llm_pad_rows < 0:
+        raise BuildError(f"--llm-prefill-budget must be >= 1 (not {options.llm_prefill_budget}), "
+                         f"--llm-threads >= 0 (0: every CPU; not {options.llm_num_threads}) and "
+                         f"--llm-pad-rows >= 0 (0: no padding; not {options.llm_pad_rows})")
     rows = options.stream_chunk_rows
     if not rows or any(r < 3 or r % 3 for r in rows):
         raise BuildError("--stream-chunk-rows must be positive multiples of 3 (token rows: 5 LLM "
@@ -471,6 +473,7 @@ def editx_settings(editx: Path, options: RepositoryOptions) -> EditxSettings:
                          max_length=options.llm_max_length,
                          max_active_sequences=options.max_active_sequences,
                          llm_pack_weights=options.llm_pack_weights,
+                         llm_pad_rows=options.llm_pad_rows,
                          llm_num_threads=options.llm_num_threads,
                          llm_prefill_budget=options.llm_prefill_budget,
                          llm_cuda_graphs=options.llm_cuda_graphs,
@@ -642,6 +645,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="CPU: llm_stream's torch threads (0: every CPU, whatever --num-threads)")
     parser.add_argument("--no-llm-pack", dest="llm_pack_weights", action="store_false",
                         help="CPU bfloat16: keep F.linear instead of oneDNN-prepacked weights (same ids)")
+    parser.add_argument("--llm-pad-rows", type=int, default=RepositoryOptions.llm_pad_rows,
+                        help="CPU bfloat16, packed: pad decode steps of fewer sequences to this many rows "
+                             "(oneDNN's 4-row kernel is faster; 0: ids equal unpacked F.linear's)")
     parser.add_argument("--llm-cuda-graphs", action="store_true",
                         help="GPU: replay LLM decode steps as CUDA graphs (perf/device_check.py checks them)")
     parser.add_argument("--stream-chunk-rows", default=",".join(map(str, RepositoryOptions.stream_chunk_rows)),
@@ -681,7 +687,8 @@ def main(argv: list[str] | None = None) -> int:
             inner_bos=args.inner_bos,
             max_text_chars=args.max_text_chars, max_prompt_seconds=args.max_prompt_seconds,
             llm_max_length=args.llm_max_length, max_active_sequences=args.max_active_sequences,
-            llm_pack_weights=args.llm_pack_weights, llm_num_threads=args.llm_threads,
+            llm_pack_weights=args.llm_pack_weights, llm_pad_rows=args.llm_pad_rows,
+            llm_num_threads=args.llm_threads,
             llm_prefill_budget=args.llm_prefill_budget, llm_cuda_graphs=args.llm_cuda_graphs,
             prompt_cache_entries=args.prompt_cache_entries, llm_engine=args.llm_engine,
             stream_chunk_rows=parse_rows(args.stream_chunk_rows, parser),

@@ -2,6 +2,7 @@
 repository builder's EditX part, the prompt audio checks and token2wav's batching."""
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -174,18 +175,21 @@ def test_llm_runtime_options_reach_llm_stream_and_bad_ones_are_refused(tmp_path,
     def runtime(repo):
         settings = EditxSettings.from_json(
             config_of(repo, "llm_stream").parameters["editx_settings"].string_value)
-        return (settings.llm_pack_weights, settings.llm_num_threads, settings.llm_prefill_budget,
-                settings.llm_cuda_graphs)
+        return (settings.llm_pack_weights, settings.llm_pad_rows, settings.llm_num_threads,
+                settings.llm_prefill_budget, settings.llm_cuda_graphs)
 
-    assert runtime(build(tiny_weights, tmp_path / "default", editx=tiny_editx)) == (True, 0, 512, False)
+    assert runtime(build(tiny_weights, tmp_path / "default", editx=tiny_editx)) == (
+        True, 4, 0, 512, False)
     assert build_main(["--weights", str(tiny_weights), "--out", str(tmp_path / "set"),
-                       "--editx", str(tiny_editx), "--no-llm-pack", "--llm-threads", "3",
-                       "--llm-prefill-budget", "64", "--llm-cuda-graphs"]) == 0
-    assert runtime(tmp_path / "set") == (False, 3, 64, True)
-    with pytest.raises(BuildError, match="--llm-prefill-budget must be >= 1 \\(not 0\\)"):
-        build(tiny_weights, tmp_path / "bad", RepositoryOptions(llm_prefill_budget=0), editx=tiny_editx)
-    with pytest.raises(BuildError, match="--llm-threads >= 0 \\(0: every CPU; not -1\\)"):
-        build(tiny_weights, tmp_path / "bad", RepositoryOptions(llm_num_threads=-1), editx=tiny_editx)
+                       "--editx", str(tiny_editx), "--no-llm-pack", "--llm-pad-rows", "0",
+                       "--llm-threads", "3", "--llm-prefill-budget", "64", "--llm-cuda-graphs"]) == 0
+    assert runtime(tmp_path / "set") == (False, 0, 3, 64, True)
+    for field, value, message in (
+            ("llm_prefill_budget", 0, "--llm-prefill-budget must be >= 1 (not 0)"),
+            ("llm_num_threads", -1, "--llm-threads >= 0 (0: every CPU; not -1)"),
+            ("llm_pad_rows", -2, "--llm-pad-rows >= 0 (0: no padding; not -2)")):
+        with pytest.raises(BuildError, match=re.escape(message)):
+            build(tiny_weights, tmp_path / "bad", RepositoryOptions(**{field: value}), editx=tiny_editx)
 
 
 def test_incomplete_editx_directory_is_named(tmp_path, tiny_weights):

@@ -51,6 +51,32 @@ def test_packed_linear_is_bit_identical_to_f_linear(rows):
 
 
 @needs_bf16
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 7])
+def test_padded_packed_linear_runs_the_four_row_kernel(rows):
+    """min_rows=4: fewer rows are computed as the first rows of a zero-padded 4-row product
+    (oneDNN's faster kernel; at this size its rounding can differ from the 1-row kernel's), more
+    rows as they are."""
+    gen = torch.Generator().manual_seed(rows)
+    weight = torch.randn(512, 3072, generator=gen).to(BF16)
+    x = torch.randn(rows, 3072, generator=gen).to(BF16)
+    padded = F.pad(x, (0, 0, 0, max(0, 4 - rows)))
+    assert torch.equal(PackedLinear([weight], min_rows=4)(x), F.linear(padded, weight)[:rows])
+    assert torch.equal(PackedLinear([weight])(x), F.linear(x, weight))
+
+
+@needs_bf16
+def test_padding_leaves_products_of_four_rows_or_more_alone(tiny_step1_dir, plain):
+    padded = load_step1(tiny_step1_dir, dtype=BF16, pack=True, pad_rows=4)
+    linears = [m for m in padded.modules() if isinstance(m, PackedLinear)]
+    assert len(linears) == 4 * padded.config.num_hidden_layers + 1
+    assert {m.min_rows for m in linears} == {4}
+    for prompt in PROMPTS:  # 5 ids or more: no padding, the plain model's logits bit for bit
+        a = plain(torch.tensor([prompt]), plain.new_cache(1), 0, [0], all_logits=True)
+        assert torch.equal(padded(torch.tensor([prompt]), padded.new_cache(1), 0, [0],
+                                  all_logits=True), a)
+
+
+@needs_bf16
 def test_packed_model_logits_and_cache_equal_the_plain_model_bit_for_bit(plain, packed):
     assert packed.packed and not plain.packed
     for prompt in PROMPTS:

@@ -13,7 +13,8 @@ tokens at once, so the weights are read once per forward whatever the mix. The b
 each row's keys to its own past, so there is no padding to get wrong.
 
 On a CPU with bf16 oneDNN kernels, `Step1Model.pack` prepacks every Linear layer
-(`PackedLinear`; q/k/v and gate/up each as one product), bit-identical to `F.linear`.
+(`PackedLinear`; q/k/v and gate/up each as one product), bit-identical to `F.linear`, and can
+pad inputs of 1-3 rows to oneDNN's faster 4-row kernel.
 """
 from __future__ import annotations
 
@@ -147,10 +148,18 @@ class PackedLinear(nn.Module):
     Results are bit-identical to `F.linear` (tests/test_llm_packed.py). Several Linear layers
     with the same input can be packed as one (rows concatenated): their outputs are column
     slices of one product, also bit-identical. The weight is no parameter: a packed model has
-    no state_dict entry for it (it is loaded, packed and never saved)."""
+    no state_dict entry for it (it is loaded, packed and never saved).
 
-    def __init__(self, weights: Sequence[torch.Tensor]):
+    `min_rows`: inputs of fewer rows are padded with zero rows up to it. oneDNN picks its kernel
+    by the row count, and its 1- and 2-row bf16 products stream the weights at ~30 and ~25 GB/s
+    where the 4-row one streams at ~40 GB/s (perf/RESULTS.md), so a decode step of 1-3
+    sequences runs faster padded to 4. The padded rows cost no extra weight traffic; each real
+    row's output is the 4-row kernel's, bit-identical to `F.linear` of the padded input, but
+    not to `F.linear` of the row alone (another summation order: bf16 rounding differs)."""
+
+    def __init__(self, weights: Sequence[torch.Tensor], min_rows: int = 0):
         super().__init__()
+        self.min_rows = min_rows
         dense = weights[0] if len(weights) == 1 else torch.cat(list(weights))
         self.in_features = dense.shape[1]
         self.splits = [w.shape[0] for w in weights]
@@ -159,10 +168,15 @@ class PackedLinear(nn.Module):
         self.packed = torch.ops.mkldnn._reorder_linear_weight(dense)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.shape[0]
+        if rows < self.min_rows:
+            padded = F.pad(x, (0, 0, 0, self.min_rows - rows))
+            return torch.ops.mkldnn._linear_pointwise(padded, self.packed, None, "none", [], "")[:rows]
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.splits}, oneDNN-packed"
+        return (f"in_features={self.in_features}, out_features={self.splits}, oneDNN-packed, "
+                f"min_rows={self.min_rows}")
 
 
 def _dense_linear_bytes(module: nn.Module) -> int:
@@ -222,10 +236,11 @@ class Step1Attention(nn.Module):
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.qkv: PackedLinear | None = None  # q, k and v packed as one (after `pack`)
 
-    def pack(self) -> None:
-        self.qkv = PackedLinear([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+    def pack(self, min_rows: int = 0) -> None:
+        self.qkv = PackedLinear([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight],
+                                min_rows)
         del self.q_proj, self.k_proj, self.v_proj
-        self.o_proj = PackedLinear([self.o_proj.weight])
+        self.o_proj = PackedLinear([self.o_proj.weight], min_rows)
 
     def project(self, x: torch.Tensor):
         if self.qkv is not None:
@@ -266,10 +281,10 @@ class Step1MLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
         self.gate_up: PackedLinear | None = None  # gate and up packed as one (after `pack`)
 
-    def pack(self) -> None:
-        self.gate_up = PackedLinear([self.gate_proj.weight, self.up_proj.weight])
+    def pack(self, min_rows: int = 0) -> None:
+        self.gate_up = PackedLinear([self.gate_proj.weight, self.up_proj.weight], min_rows)
         del self.gate_proj, self.up_proj
-        self.down_proj = PackedLinear([self.down_proj.weight])
+        self.down_proj = PackedLinear([self.down_proj.weight], min_rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up is not None:
@@ -322,18 +337,19 @@ class Step1Model(nn.Module):
     def new_cache(self, slots: int, fixed_capacity: int | None = None) -> KVCache:
         return KVCache(self.config, slots, self.device, self.dtype, fixed_capacity=fixed_capacity)
 
-    def pack(self) -> "Step1Model":
+    def pack(self, min_rows: int = 0) -> "Step1Model":
         """Prepack every Linear layer for oneDNN (q/k/v as one, gate/up as one), in place and
         one layer at a time, so memory never holds a second copy of the model. Irreversible:
-        the dense weights are gone (a reference needs its own copy, read from the files)."""
+        the dense weights are gone (a reference needs its own copy, read from the files).
+        `min_rows`: see `PackedLinear` (0: bit-identical to the unpacked model)."""
         if self.packed:
             return self
         if not can_pack(self.device, self.dtype):
             raise ValueError(f"no packed kernels for {self.dtype} on {self.device}")
         for layer in self.model.layers:
-            layer.self_attn.pack()
-            layer.mlp.pack()
-        self.lm_head = PackedLinear([self.lm_head.weight])
+            layer.self_attn.pack(min_rows)
+            layer.mlp.pack(min_rows)
+        self.lm_head = PackedLinear([self.lm_head.weight], min_rows)
         self.packed = True
         return self
 
@@ -492,9 +508,10 @@ def read_step1_weights(model_dir: str | Path, dtype: torch.dtype = torch.float32
 
 
 def load_step1(model_dir: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
-               pack: bool = False) -> Step1Model:
+               pack: bool = False, pad_rows: int = 0) -> Step1Model:
     """A ready Step1Model in eval mode on `device` in `dtype`; with `pack` (and where
-    `can_pack`), its Linear layers prepacked for oneDNN (`Step1Model.pack`).
+    `can_pack`), its Linear layers prepacked for oneDNN (`Step1Model.pack`), their inputs
+    padded to at least `pad_rows` rows (`PackedLinear.min_rows`).
 
     On CUDA this turns off cuDNN's attention for the process: it builds an execution plan per
     shape, and decoding meets a new key length every step (measured on an H100: the first
@@ -510,8 +527,8 @@ def load_step1(model_dir: str | Path, device="cpu", dtype: torch.dtype = torch.f
     del weights  # the model holds the only reference now: packing frees each dense weight
     model.slopes = alibi_slopes(config.num_attention_heads).to(device)
     if pack and can_pack(device, dtype):
-        model.pack()
+        model.pack(pad_rows)
     LOG.info("loaded Step1 from %s: %d layers, hidden %d, %s on %s%s", model_dir,
              config.num_hidden_layers, config.hidden_size, dtype, device,
-             ", oneDNN-packed" if model.packed else "")
+             f", oneDNN-packed (rows padded to {pad_rows})" if model.packed else "")
     return model.eval()

@@ -124,7 +124,7 @@ class LlmStreamModel:
             torch.set_num_threads(settings.llm_num_threads or cpu_runtime.cpu_count())
         dtype = getattr(torch, settings.llm_dtype)
         model = load_step1(settings.llm_dir, device=settings.device, dtype=dtype,
-                           pack=settings.llm_pack_weights)
+                           pack=settings.llm_pack_weights, pad_rows=settings.llm_pad_rows)
         static = None
         if settings.llm_cuda_graphs and model.device.type == "cuda":
             static = new_static_decoder(model, settings.max_active_sequences, settings.max_length)
