@@ -128,8 +128,8 @@ class LlmStreamModel:
         static = None
         if settings.llm_cuda_graphs and model.device.type == "cuda":
             static = new_static_decoder(model, settings.max_active_sequences, settings.max_length)
-        stub.log_info(f"llm_stream: Step1 {settings.llm_dtype} on {settings.device}, "
-                      f"{'oneDNN-packed, ' if model.packed else ''}"
+        packing = f"oneDNN-packed (rows padded to {settings.llm_pad_rows}), " if model.packed else ""
+        stub.log_info(f"llm_stream: Step1 {settings.llm_dtype} on {settings.device}, {packing}"
                       f"{'CUDA graphs, ' if static else ''}{torch.get_num_threads()} threads, "
                       f"OpenMP {cpu_runtime.openmp_runtime()}")
         self.metrics = ModelMetrics.in_stub(args["model_name"])
