@@ -25,6 +25,7 @@ from python_backends.llm.generator import BatchedGenerator  # noqa: E402
 from python_backends.llm.reference import reference_generate  # noqa: E402
 from python_backends.llm.sampling import SamplingParams  # noqa: E402
 from python_backends.llm.step1_model import load_step1  # noqa: E402
+from python_backends.settings import EditxSettings  # noqa: E402
 
 
 def main() -> None:
@@ -36,9 +37,11 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=256)
     ap.add_argument("--pack", action="store_true",
                     help="prepacked oneDNN weights (CPU bf16); the reference is then skipped")
+    ap.add_argument("--pad-rows", type=int, default=EditxSettings.llm_pad_rows,
+                    help="with --pack: products of fewer rows padded to this many (0: none)")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
-    model = load_step1(args.weights, device=args.device, dtype=dtype, pack=args.pack)
+    model = load_step1(args.weights, device=args.device, dtype=dtype, pack=args.pack, pad_rows=args.pad_rows)
     prompt = [1, 4] + [65536 + (7 * i) % 5120 for i in range(args.prompt_len - 2)]
     params = SamplingParams(seed=1, max_length=args.prompt_len + args.new_tokens)
     gen = BatchedGenerator(model, max_active=16)
