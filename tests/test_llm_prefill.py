@@ -3,6 +3,8 @@ into the same forward as the decode batch; a long prompt spreads over several st
 running streams keep decoding; every request's ids equal its ids alone (and the reference's)."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from conftest import STEP1_PROMPTS as PROMPTS
@@ -122,6 +124,21 @@ def test_a_long_prompt_is_chunked_while_running_streams_keep_decoding(step1, alo
     assert done["running"] == streamed["running"] == alone(PROMPTS[0])
     assert done["long"] == streamed["long"] == alone(LONG, long_params)
     assert done["long"] == reference_generate(ref_weights, LONG, long_params)
+
+
+def test_the_background_thread_finishes_a_lone_prompt_longer_than_the_budget(step1, alone):
+    """After its first chunk the request is neither waiting nor decoding, only prefilling: the
+    thread must keep stepping (llm_stream runs the generator this way)."""
+    params = SamplingParams(greedy=True, max_length=len(LONG) + 12)
+    gen = BatchedGenerator(step1, max_active=2, prefill_budget=8)
+    gen.start()
+    finished, done = threading.Event(), {}
+    try:
+        gen.submit(LONG, params, None, lambda ids, error: (done.update(ids=error or ids), finished.set()))
+        assert finished.wait(30), "the thread stopped stepping a prefilling request"
+    finally:
+        gen.stop()
+    assert done["ids"] == alone(LONG, params)
 
 
 def test_a_cancelled_sequence_leaves_and_a_half_prefilled_one_moves_into_its_slot(step1, alone):

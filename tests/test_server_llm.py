@@ -193,6 +193,15 @@ def test_length_limits(triton_server, weights, limits):
     assert http_llm(triton_server.http_url, PROMPTS[0], **options) == want
 
 
+def test_a_lone_prompt_longer_than_the_prefill_budget_is_answered(triton_server, weights,
+                                                                   llm_settings):
+    """Its prompt is prefilled over several steps, with no other request waiting or decoding
+    (llm_stream's generator thread must keep stepping it), and it equals the reference."""
+    prompt = [LLM.bos_id, LLM.bot_id] + [AUDIO + (7 * k) % LLM.audio_tokens
+                                         for k in range(llm_settings.llm_prefill_budget + 40)]
+    assert grpc_llm(triton_server.grpc_url, prompt, **GREEDY) == expected(weights, prompt, GREEDY)
+
+
 def test_greedy_prompts_give_different_outputs(greedy_reference):
     """Otherwise the parity above could not tell the prompts apart."""
     assert len({tuple(ids) for ids in greedy_reference}) == len(PROMPTS)

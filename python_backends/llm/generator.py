@@ -247,7 +247,7 @@ class BatchedGenerator:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not (self._stopping or self._pending or self._active):
+                while not (self._stopping or self._pending or self.active_count):
                     self._cond.wait()
                 if self._stopping:
                     return
