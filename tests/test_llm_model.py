@@ -111,7 +111,7 @@ def test_cache_growth_and_slot_move_keep_the_sequence(step1, ref_weights):
     cache.initial_capacity = 4
     step1(torch.tensor([prompt]), cache, 1, [0])
     assert cache.capacity >= len(prompt)
-    cache.move(1, 0, len(prompt))
+    cache.permute([(1, 0)], len(prompt))
     out = step1(torch.tensor([[7]]), cache, 0, [len(prompt)])
     ref, _ = reference_forward(ref_weights, prompt + [7])
     torch.testing.assert_close(out[0], ref[-1], rtol=0, atol=2e-5)

@@ -162,20 +162,6 @@ def test_gnu_choice_or_a_late_call_keeps_gnu_openmp():
     assert "RUNTIME gnu" in late.stdout, late.stderr
 
 
-@pytest.mark.skipif(cpu_runtime.intel_openmp_path() is None, reason="intel-openmp not installed")
-def test_preload_environment_for_child_processes():
-    lib = str(cpu_runtime.intel_openmp_path())
-    env = cpu_runtime.preload_environment({"LD_PRELOAD": "/x/libother.so", "KMP_BLOCKTIME": "5"})
-    assert env["LD_PRELOAD"] == f"{lib} /x/libother.so" and env["KMP_BLOCKTIME"] == "5"
-    assert cpu_runtime.preload_environment(env)["LD_PRELOAD"] == env["LD_PRELOAD"]  # once
-    assert "LD_PRELOAD" not in cpu_runtime.preload_environment({"STEP_AUDIO_OPENMP": "gnu"})
-    out = subprocess.run([sys.executable, "-c", "from python_backends.llm import cpu_runtime;"
-                          "import torch; print(cpu_runtime.openmp_runtime())"],
-                         env=cpu_runtime.preload_environment(), capture_output=True, text=True,
-                         timeout=120)
-    assert out.stdout.strip() == "intel", out.stderr
-
-
 def test_bad_runtime_choice_is_refused(monkeypatch):
     monkeypatch.setenv(cpu_runtime.OPENMP_ENV, "llvm")
     with pytest.raises(ValueError, match="STEP_AUDIO_OPENMP is 'llvm'; allowed: intel, gnu"):

@@ -7,13 +7,10 @@ entry points) made a bf16 decode step ~1.5x faster on the Intel VM issue 14 was 
 on the AMD EPYC VM of perf/RESULTS.md ("Step1 decode against the memory roof") it measured
 no different from GNU OpenMP once the weights are prepacked, and somewhat faster without.
 
-The switch has to happen before torch is imported, in one of two ways:
-
-- `use_intel_openmp()` at the top of the entry point (the `llm_stream` model.py, perf scripts):
-  libiomp5 is loaded into the process's global symbol scope, so when torch's libraries are
-  loaded afterwards their `GOMP_*` / `omp_*` references bind to it, as with `LD_PRELOAD`;
-- `preload_environment(env)` for a process started from here: `LD_PRELOAD` plus the
-  runtime's settings.
+The switch has to happen before torch is imported: `use_intel_openmp()` at the top of the
+entry point (the `llm_stream` model.py, perf scripts) loads libiomp5 into the process's global
+symbol scope, so when torch's libraries are loaded afterwards their `GOMP_*` / `omp_*`
+references bind to it, as with `LD_PRELOAD`.
 
 `STEP_AUDIO_OPENMP=gnu` keeps GNU OpenMP (for comparisons). Nothing here imports torch.
 """
@@ -50,21 +47,11 @@ def intel_openmp_path() -> Path | None:
     return None
 
 
-def _mapped(name: str) -> bool:
-    try:
-        return name in Path("/proc/self/maps").read_text()
-    except OSError:
-        return False
-
-
 def openmp_runtime() -> str:
     """Which OpenMP runtime torch's parallel regions use in this process: "intel" (loaded
-    before torch, by `use_intel_openmp` or LD_PRELOAD), "gnu", or "unknown" when torch is not
-    loaded yet."""
+    before torch by `use_intel_openmp`), "gnu", or "unknown" when torch is not loaded yet."""
     if _state["runtime"] is not None:
         return _state["runtime"]
-    if INTEL_OPENMP_LIBRARY in os.environ.get("LD_PRELOAD", "") and _mapped(INTEL_OPENMP_LIBRARY):
-        return "intel"
     return "gnu" if "torch" in sys.modules else "unknown"
 
 
@@ -92,22 +79,6 @@ def use_intel_openmp() -> str:
     ctypes.CDLL(str(path), mode=os.RTLD_GLOBAL | os.RTLD_NOW)
     _state["runtime"] = "intel"
     return "intel"
-
-
-def preload_environment(env: dict[str, str] | None = None) -> dict[str, str]:
-    """`env` (default: this process's) for a child process that should run on Intel OpenMP:
-    LD_PRELOAD of libiomp5 and INTEL_OPENMP_DEFAULTS, unless STEP_AUDIO_OPENMP=gnu or the
-    library is not installed (then `env` unchanged)."""
-    env = dict(os.environ if env is None else env)
-    path = intel_openmp_path()
-    if path is None or env.get(OPENMP_ENV, "intel").strip().lower() == "gnu":
-        return env
-    preload = [p for p in env.get("LD_PRELOAD", "").split() if p]
-    if str(path) not in preload:
-        env["LD_PRELOAD"] = " ".join([str(path)] + preload)
-    for key, value in INTEL_OPENMP_DEFAULTS.items():
-        env.setdefault(key, value)
-    return env
 
 
 def cpu_count() -> int:

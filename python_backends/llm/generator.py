@@ -100,7 +100,7 @@ class BatchedGenerator:
         self._steps = 0
         self.static_decode = static_decode
         if static_decode is not None:
-            if static_decode.max_rows < 1 or static_decode.cache.slots <= max_active:
+            if static_decode.cache.slots <= max_active:
                 raise ValueError("the static decoder's cache needs max_active + 1 slots")
             self.cache = static_decode.cache
         else:

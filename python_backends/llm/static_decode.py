@@ -97,10 +97,6 @@ class StaticDecoder:
         self.replays = 0
 
     @property
-    def max_rows(self) -> int:
-        return self.buckets.batches[-1]
-
-    @property
     def captured(self) -> list[tuple[int, int]]:
         return sorted(self._graphs)
 

@@ -110,10 +110,6 @@ class KVCache:
         grown[:, :, :, :, : self.capacity] = self.data
         self.data = grown
 
-    def move(self, src: int, dst: int, length: int) -> None:
-        """Copy a sequence's first `length` positions from slot `src` to slot `dst`."""
-        self.data[:, :, dst, :, :length] = self.data[:, :, src, :, :length]
-
     def permute(self, moves: Sequence[tuple[int, int]], length: int) -> None:
         """Move several sequences at once, (src, dst) each, their first `length` positions: the
         sources are read before any destination is written, so slots may trade places."""
@@ -163,7 +159,6 @@ class PackedLinear(nn.Module):
         dense = weights[0] if len(weights) == 1 else torch.cat(list(weights))
         self.in_features = dense.shape[1]
         self.splits = [w.shape[0] for w in weights]
-        self.out_features = sum(self.splits)
         self.weight_bytes = dense.numel() * dense.element_size()
         self.packed = torch.ops.mkldnn._reorder_linear_weight(dense)
 
@@ -177,12 +172,6 @@ class PackedLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.splits}, oneDNN-packed, "
                 f"min_rows={self.min_rows}")
-
-
-def _dense_linear_bytes(module: nn.Module) -> int:
-    if isinstance(module, PackedLinear):
-        return module.weight_bytes
-    return module.weight.numel() * module.weight.element_size()
 
 
 # --------------------------------------------------------------------------- one forward's layout
@@ -356,15 +345,12 @@ class Step1Model(nn.Module):
     def weight_bytes_per_step(self) -> int:
         """Bytes of weights one decode step reads: every Linear layer (lm_head included) and the
         norms; the embedding contributes only its looked-up rows."""
-        total = _dense_linear_bytes(self.lm_head) + self.model.norm.weight.nbytes
-        for layer in self.model.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            linears = ([attn.qkv] if attn.qkv is not None else
-                       [attn.q_proj, attn.k_proj, attn.v_proj]) + [attn.o_proj]
-            linears += ([mlp.gate_up] if mlp.gate_up is not None else
-                        [mlp.gate_proj, mlp.up_proj]) + [mlp.down_proj]
-            total += sum(_dense_linear_bytes(m) for m in linears)
-            total += layer.input_layernorm.weight.nbytes + layer.post_attention_layernorm.weight.nbytes
+        total = 0
+        for module in self.modules():
+            if isinstance(module, PackedLinear):
+                total += module.weight_bytes
+            elif isinstance(module, (nn.Linear, RMSNorm)):
+                total += module.weight.nbytes
         return total
 
     # ---------------------------------------------------------------- plans
